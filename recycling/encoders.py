@@ -155,6 +155,10 @@ def num_layers(model: nn.Module) -> int:
     return len(layers(model))
 
 
+def hidden_size(model: nn.Module) -> int:
+    return model.config.hidden_size  # DistilBERT and T5 configs map this name to dim / d_model
+
+
 def check_cut(model: nn.Module, cut_layer: int) -> None:
     n = num_layers(model)
     if not 0 < cut_layer < n:
@@ -223,4 +227,51 @@ def fingerprint_weights(module: nn.Module) -> str:
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tokenize_splits(tokenizer, texts: dict[str, list[str]], max_length: int) -> dict[str, list[list[int]]]:
+    """Token ids per split, truncated to ``max_length``, with one warning counting the truncations.
+
+    The cache and the text baselines both take their ids from here, so they see the same tokens.
+    """
+    ids, counts = {}, {}
+    for name, split_texts in texts.items():
+        ids[name], counts[name] = tokenize(tokenizer, split_texts, max_length)
+    if sum(counts.values()):
+        detail = ", ".join(f"{name} {n}" for name, n in counts.items())
+        logger.warning("%d texts are longer than max_length=%d tokens and were truncated (%s)",
+                       sum(counts.values()), max_length, detail)
+    return ids
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids of each text, truncated to ``max_length``; also returns how many were truncated."""
+    full = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+    too_long = [i for i, ids in enumerate(full) if len(ids) > max_length]
+    if too_long:
+        cut = tokenizer([texts[i] for i in too_long], truncation=True, max_length=max_length)
+        for i, ids in zip(too_long, cut["input_ids"]):
+            full[i] = ids
+    return full, len(too_long)
+
+
+def pad_ids(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest row of this batch; returns ``(input_ids, attention_mask)``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def fingerprint_tokenizer(tokenizer) -> str:
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
     return digest.hexdigest()
