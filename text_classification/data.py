@@ -29,6 +29,13 @@ class Dataset:
     splits: dict[str, Split]
     label_names: list[str]  # index = class id; sorted, taken from train
 
+    def head(self, n: int | None) -> "Dataset":
+        """The first ``n`` examples of each split (labels still named from the whole train file)."""
+        if n is None:
+            return self
+        return Dataset(self.name, {k: Split(s.path, s.texts[:n], s.labels[:n]) for k, s in self.splits.items()},
+                       self.label_names)
+
     def label_ids(self, split: str) -> list[int]:
         index = {name: i for i, name in enumerate(self.label_names)}
         return [index[label] for label in self.splits[split].labels]

@@ -1,0 +1,181 @@
+"""Typed experiment configuration: a defaults YAML, short per-experiment files, ``--set`` overrides.
+
+An experiment file names the file it extends with ``base:`` (a path relative to itself); keys it
+sets replace the base's, except mappings such as ``learning_rate``, which are merged key by key.
+Unknown keys and wrong types are errors that name the key and the file (or ``--set``) they came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from recycling.errors import UserError
+
+MODES = ("full", "semi_frozen", "adapters", "adapters_full")
+CACHED_MODES = ("semi_frozen", "adapters")
+BASELINE_OF = {"semi_frozen": "full", "adapters": "adapters_full"}
+METRICS = ("micro_f1", "macro_f1")
+
+
+@dataclass
+class ExperimentConfig:
+    dataset: str
+    model: str  # hub id, local folder or offline:<name>
+    cut_layer: int  # layers 0..cut_layer-1 are frozen and cached
+    task: str = "text_classification"
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    seeds: list[int] = field(default_factory=lambda: [0])
+    metric: str = "micro_f1"  # the one the summary table reports
+    max_length: int = 512
+    text_field: str = "text"
+    label_field: str = "label"
+    max_examples: typing.Optional[int] = None  # per split, from the top of each file; for quick runs
+    cache_dtype: str = "float16"
+    cache_batch_size: int = 64
+    cache_dir: typing.Optional[str] = None  # default: derived from the inputs under the cache root
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    grad_accum_steps: int = 1
+    group_by_length: bool = True  # batches of similar length: less padding, same for every mode
+    learning_rate: dict[str, float] = field(default_factory=lambda: {m: 2e-5 for m in MODES})
+    weight_decay: float = 0.0
+    warmup_steps: int = 100  # optimizer steps
+    max_epochs: int = 10
+    patience: int = 3  # epochs without a lower dev loss before stopping
+    adapter_size: int = 64  # bottleneck width b
+    head_dropout: float = 0.1
+    device: typing.Optional[str] = None  # default: cuda if available, else cpu
+
+    def validate(self, sources: dict[str, str] | None = None) -> None:
+        """Check values that types alone cannot; errors name the file each key came from."""
+
+        def bad(key, msg):
+            return UserError(f"{(sources or {}).get(key, 'config')}: key '{key}' {msg}")
+
+        for mode in self.modes:
+            if mode not in MODES:
+                raise bad("modes", f"has unknown mode '{mode}' (known: {', '.join(MODES)})")
+        for mode in self.learning_rate:
+            if mode not in MODES:
+                raise bad("learning_rate", f"has unknown mode '{mode}' (known: {', '.join(MODES)})")
+        missing = [m for m in self.modes if m not in self.learning_rate]
+        if missing:
+            raise bad("learning_rate", f"has no value for mode(s) {', '.join(missing)}")
+        if self.metric not in METRICS:
+            raise bad("metric", f"must be one of {', '.join(METRICS)}, got '{self.metric}'")
+        if self.cache_dtype not in ("float16", "bfloat16", "float32"):
+            raise bad("cache_dtype", f"must be float16, bfloat16 or float32, got '{self.cache_dtype}'")
+        if not self.seeds:
+            raise bad("seeds", "must list at least one seed")
+        for key in ("max_length", "batch_size", "eval_batch_size", "grad_accum_steps", "max_epochs",
+                    "patience", "adapter_size", "cache_batch_size", "cut_layer"):
+            if getattr(self, key) < 1:
+                raise bad(key, f"must be at least 1, got {getattr(self, key)}")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
+_HINTS = typing.get_type_hints(ExperimentConfig)
+
+
+def _type_name(tp) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _check(value, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_check(value, arg) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_check(v, item) for v in value)
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return isinstance(value, dict) and all(_check(a, k) and _check(b, v) for a, b in value.items())
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _checked(key: str, value, source: str):
+    if key not in FIELDS:
+        close = difflib.get_close_matches(key, FIELDS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"{source}: unknown key '{key}'{hint}")
+    tp = _HINTS[key]
+    if not _check(value, tp):
+        raise UserError(f"{source}: key '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is float or typing.get_origin(tp) is dict:
+        return {k: float(v) for k, v in value.items()} if isinstance(value, dict) else float(value)
+    return value
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of keys to values")
+    return data
+
+
+def _layer(path: Path, seen: tuple = ()) -> dict[str, tuple]:
+    """Resolved ``{key: (value, source file)}`` of ``path`` and the chain of files it extends."""
+    path = path.resolve()
+    if path in seen:
+        raise UserError(f"{path}: 'base' chain loops back to itself")
+    data = _read_yaml(path)
+    resolved = {}
+    if "base" in data:
+        base = data.pop("base")
+        if not isinstance(base, str):
+            raise UserError(f"{path}: key 'base' must be a file name")
+        resolved = _layer(path.parent / base, seen + (path,))
+    for key, value in data.items():
+        value = _checked(key, value, str(path))
+        if isinstance(value, dict) and key in resolved:
+            value = {**resolved[key][0], **value}
+        resolved[key] = (value, str(path))
+    return resolved
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise UserError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise UserError(f"--set {key}: cannot parse value '{raw}'") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> tuple[ExperimentConfig, dict[str, str]]:
+    """Return the config and, for each key, the file (or ``--set``) its value came from."""
+    resolved = _layer(Path(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        value = _checked(key, value, "--set")
+        if isinstance(value, dict) and key in resolved:
+            value = {**resolved[key][0], **value}
+        resolved[key] = (value, "--set")
+    missing = [k for k, f in FIELDS.items()
+               if k not in resolved and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{path}: missing required key(s): {', '.join(missing)}")
+    config = ExperimentConfig(**{k: v for k, (v, _) in resolved.items()})
+    sources = {k: src for k, (_, src) in resolved.items()}
+    config.validate(sources)
+    return config, sources

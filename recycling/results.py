@@ -1,0 +1,121 @@
+"""Result files with their provenance, and the summary table rebuilt from all of them."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from recycling.config import BASELINE_OF, CACHED_MODES
+from recycling.metrics import mean_std
+
+PACKAGES = ("torch", "transformers", "adapters", "numpy", "scikit-learn", "embedding-recycling")
+SUMMARY_COLUMNS = ("task", "dataset", "model", "cut_layer", "mode", "n_seeds", "metric", "test_mean",
+                   "test_std", "dev_mean", "train_epoch_s", "train_speedup", "infer_s", "infer_speedup",
+                   "cache_build_s", "cache_bytes", "device", "experiment")
+
+
+def git_sha() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def device_name(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def provenance(config, sources: dict, device) -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "config": dataclasses.asdict(config),
+        "config_sources": sources,
+        "seeds": list(config.seeds),
+        "git_sha": git_sha(),
+        "device": device_name(device),
+        "python": platform.python_version(),
+        "packages": versions,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic: a reader (or an interrupted run) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _mode_row(result: dict, mode: str, runs: list[dict]) -> dict:
+    config = result["provenance"]["config"]
+    metric = config["metric"]
+    test_mean, test_std = mean_std([r["test"][metric] for r in runs])
+    dev_mean, _ = mean_std([r["dev"][metric] for r in runs])
+    epoch_s = mean_std([e["train_seconds"] for r in runs for e in r["history"]["epochs"]])[0]
+    infer_s = mean_std([r["inference_seconds"] for r in runs])[0]
+    row = {
+        "task": config["task"], "dataset": config["dataset"], "model": config["model"],
+        "cut_layer": config["cut_layer"], "mode": mode, "n_seeds": len(runs), "metric": metric,
+        "test_mean": round(100 * test_mean, 2),
+        "test_std": "" if test_std is None else round(100 * test_std, 2),
+        "dev_mean": round(100 * dev_mean, 2), "train_epoch_s": round(epoch_s, 2),
+        "train_speedup": "", "infer_s": round(infer_s, 3), "infer_speedup": "",
+        "cache_build_s": "", "cache_bytes": "", "device": result["provenance"]["device"],
+        "experiment": result["experiment"],
+    }
+    if mode in CACHED_MODES and result.get("cache"):
+        row["cache_build_s"] = result["cache"]["build_seconds"]
+        row["cache_bytes"] = result["cache"]["bytes"]
+    return row
+
+
+def summary_rows(result: dict) -> list[dict]:
+    rows = {mode: _mode_row(result, mode, runs) for mode, runs in result["runs"].items() if runs}
+    for mode, baseline in BASELINE_OF.items():
+        if mode in rows and baseline in rows:
+            # Both sides come from this one run on one machine, with the same data and batch size.
+            rows[mode]["train_speedup"] = round(rows[baseline]["train_epoch_s"] / rows[mode]["train_epoch_s"], 2)
+            rows[mode]["infer_speedup"] = round(rows[baseline]["infer_s"] / rows[mode]["infer_s"], 2)
+    return list(rows.values())
+
+
+def rebuild_summary(results_dir: Path) -> list[dict]:
+    """Rewrite ``summary.csv`` and ``summary.md`` from every result file under ``results_dir``."""
+    rows = []
+    for path in sorted(results_dir.glob("*/*/*.json")):
+        rows.extend(summary_rows(json.loads(path.read_text())))
+    tmp = results_dir / "summary.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, results_dir / "summary.csv")
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]) for c in SUMMARY_COLUMNS) + " |" for r in rows]
+    tmp = results_dir / "summary.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, results_dir / "summary.md")
+    return rows
