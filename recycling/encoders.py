@@ -201,6 +201,9 @@ def upper_part(model: nn.Module, cut_layer: int) -> nn.Module:
         source = all_layers[0].layer[0].SelfAttention
         first.has_relative_attention_bias = True
         first.relative_attention_bias = copy.deepcopy(source.relative_attention_bias)
+        # The stack takes inputs_embeds as they are; the token embeddings belong to the lower part.
+        model.shared = None
+        model.encoder.embed_tokens = None
     else:
         model.embeddings = CachedEmbeddings()
     if hasattr(model, "embeddings_project"):  # ELECTRA projects embeddings to the hidden size

@@ -91,6 +91,7 @@ def build_classifier(mode: str, base: nn.Module, cut_layer: int, num_labels: int
     torch.manual_seed(seed)  # head and adapter initialisation depend on the seed
     encoder = copy.deepcopy(base)
     encoders.check_cut(encoder, cut_layer)
+    encoders.drop_pooler(encoder)
     if mode in ("adapters", "adapters_full"):
         add_adapters(encoder, adapter_size, cut_layer)
     if mode in CACHED_MODES:

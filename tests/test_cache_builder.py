@@ -1,0 +1,154 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cache_builder import ActivationCache, SplitInput, build_cache
+from cache_builder import build as build_module
+from recycling import encoders
+from recycling.errors import UserError
+from tests.helpers import save_tiny_bert, write_toy_dataset
+from text_classification.data import cache_inputs, load_dataset
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = save_tiny_bert(tmp_path / "model")
+    model, tokenizer = encoders.load_encoder(str(path))
+    data_dir = tmp_path / "data"
+    write_toy_dataset(data_dir)
+    dataset = load_dataset(data_dir, "toy")
+    ids = encoders.tokenize_splits(tokenizer, {n: s.texts for n, s in dataset.splits.items()}, 64)
+    return dict(path=str(path), model=model, tokenizer=tokenizer, dataset=dataset, ids=ids,
+                inputs=cache_inputs(dataset, ids), root=tmp_path)
+
+
+def _build(tiny, cache_dir, **kw):
+    args = dict(max_length=64, batch_size=5)
+    args.update(kw)
+    return build_cache(cache_dir, tiny["path"], tiny["model"], tiny["tokenizer"], 2, tiny["inputs"], **args)
+
+
+def test_cache_stores_unpadded_rows_that_reproduce_the_full_model(tiny):
+    cache = _build(tiny, tiny["root"] / "c", dtype="float32")
+    split = cache.split("dev")
+    assert len(split) == 8
+    assert split.lengths.tolist() == [len(r) for r in tiny["ids"]["dev"]]
+    hidden_rows = np.load(cache.path / "dev" / "hidden.npy", mmap_mode="r")
+    assert hidden_rows.shape[0] == sum(len(r) for r in tiny["ids"]["dev"])  # no padding stored
+    upper = encoders.upper_part(encoders.load_encoder(tiny["path"])[0], 2).eval()
+    model = tiny["model"].eval()
+    for i in (0, 5):
+        rows, label = split[i]
+        ids = torch.tensor([tiny["ids"]["dev"][i]])
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            full = model(input_ids=ids, attention_mask=mask).last_hidden_state[0]
+            out = encoders.run_upper(upper, rows[None], mask)[0]
+        assert (full - out).abs().max().item() <= 1e-5
+        assert label == tiny["dataset"].label_ids("dev")[i]
+
+
+@pytest.mark.parametrize("dtype,tol", [("float16", 2e-3), ("bfloat16", 2e-2)])
+def test_half_precision_caches_round_trip(tiny, dtype, tol):
+    exact = _build(tiny, tiny["root"] / "fp32", dtype="float32").split("train")
+    half = _build(tiny, tiny["root"] / dtype, dtype=dtype).split("train")
+    assert half.hidden.dtype == (np.float16 if dtype == "float16" else np.uint16)
+    a, _ = exact[3]
+    b, _ = half[3]
+    assert b.dtype == torch.float32
+    assert (a - b).abs().max().item() <= tol * max(1.0, a.abs().max().item())
+
+
+def test_matching_cache_is_reused_not_rebuilt(tiny, monkeypatch):
+    first = _build(tiny, tiny["root"] / "c")
+    stamp = (first.path / "manifest.json").stat().st_mtime_ns
+    monkeypatch.setattr(build_module, "_build_split", lambda *a, **k: pytest.fail("rebuilt"))
+    again = _build(tiny, tiny["root"] / "c")
+    assert (again.path / "manifest.json").stat().st_mtime_ns == stamp
+    assert again.fingerprint == first.fingerprint
+
+
+def test_cache_with_other_inputs_is_refused_naming_the_field(tiny):
+    _build(tiny, tiny["root"] / "c")
+    with pytest.raises(UserError, match=r"dtype: cache has 'float16', this run has 'float32'"):
+        _build(tiny, tiny["root"] / "c", dtype="float32")
+    other = dict(tiny["inputs"])
+    changed = tiny["root"] / "changed_train.txt"
+    changed.write_text(tiny["inputs"]["train"].source.read_text() + "\n")
+    other["train"] = SplitInput(other["train"].input_ids, other["train"].labels, changed)
+    with pytest.raises(UserError, match=r"data\.train"):
+        build_cache(tiny["root"] / "c", tiny["path"], tiny["model"], tiny["tokenizer"], 2, other, max_length=64)
+    with pytest.raises(UserError, match=r"lower_weights_sha256"):
+        with torch.no_grad():
+            tiny["model"].encoder.layer[1].output.dense.bias += 0.1
+        _build(tiny, tiny["root"] / "c")
+
+
+def test_changing_only_upper_weights_keeps_the_cache_valid(tiny):
+    first = _build(tiny, tiny["root"] / "c")
+    with torch.no_grad():
+        tiny["model"].encoder.layer[3].output.dense.bias += 0.1  # above the cut
+    assert _build(tiny, tiny["root"] / "c").fingerprint == first.fingerprint
+
+
+def test_interrupted_build_leaves_no_complete_looking_cache_and_rerun_finishes(tiny, monkeypatch):
+    cache_dir = tiny["root"] / "c"
+    real = build_module._build_split
+    calls = []
+
+    def crash_on_second_split(partial, name, *args):
+        calls.append(name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(partial, name, *args)
+
+    monkeypatch.setattr(build_module, "_build_split", crash_on_second_split)
+    with pytest.raises(KeyboardInterrupt):
+        _build(tiny, cache_dir)
+    assert not cache_dir.exists()
+    with pytest.raises(UserError, match="no complete cache"):
+        ActivationCache(cache_dir)
+    partial = cache_dir.with_name("c.partial")
+    assert (partial / calls[0]).is_dir()  # the finished split is kept for the rerun
+
+    rebuilt = []
+    monkeypatch.setattr(build_module, "_build_split",
+                        lambda partial, name, *a: (rebuilt.append(name), real(partial, name, *a))[1])
+    cache = _build(tiny, cache_dir)
+    assert not partial.exists()
+    assert len(cache.split("test")) == 8
+    assert len(np.load(cache.path / "train" / "offsets.npy")) == 25
+    # every split's stats are recomputed, but the completed split's arrays were not rewritten
+    assert (cache.path / calls[0] / "hidden.npy").exists()
+    assert rebuilt == ["train", "dev", "test"]
+
+
+def test_manifest_records_provenance(tiny):
+    cache = _build(tiny, tiny["root"] / "c")
+    m = json.loads((cache.path / "manifest.json").read_text())
+    fp = m["fingerprint"]
+    assert fp["model"] == tiny["path"] and fp["cut_layer"] == 2 and fp["max_length"] == 64
+    assert fp["dtype"] == "float16" and set(fp["data"]) == {"train", "dev", "test"}
+    assert len(fp["lower_weights_sha256"]) == 64 and len(fp["tokenizer_sha256"]) == 64
+    assert m["package_version"] and m["build_seconds"] >= 0
+    assert m["splits"]["train"]["examples"] == 24
+
+
+def test_command_line_builds_then_reuses(tiny):
+    args = [sys.executable, "-m", "cache_builder", "--dataset", "toy", "--data-dir", str(tiny["root"] / "data"),
+            "--model", tiny["path"], "--cut-layer", "2", "--max-length", "64",
+            "--cache-dir", str(tiny["root"] / "cli")]
+    first = subprocess.run(args, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == str(tiny["root"] / "cli")
+    second = subprocess.run(args, capture_output=True, text=True)
+    assert "reusing cache" in second.stderr
+    bad = subprocess.run(args[:-2] + ["--cache-dir", str(tiny["root"] / "cli"), "--dtype", "float32"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: cache at")
+    assert "Traceback" not in bad.stderr

@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from recycling import encoders, models
+from tests.tiny_models import random_batch, tiny_model
+
+ARCHS = ["bert", "roberta", "distilbert", "electra", "mpnet", "deberta-v2", "t5"]
+
+
+@pytest.mark.parametrize("mode", ["semi_frozen", "adapters"])
+@pytest.mark.parametrize("model_type", ARCHS)
+def test_nothing_below_the_cut_is_trainable_in_cached_modes(mode, model_type):
+    base = tiny_model(model_type)
+    cut = 2
+    model = models.build_classifier(mode, base, cut, 3, 8, 0.1, seed=0)
+    upper_layers = list(encoders.layers(model.encoder))
+    assert len(upper_layers) == encoders.num_layers(base) - cut
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "something must train"
+    # Besides the upper layers, only tables of relative positions shared by all layers may train
+    # (MPNet, DeBERTa-v2): the upper part owns its copy, and the cache was built with the original.
+    # T5's final layer norm sits on top of the last layer.
+    shared = ("relative_attention_bias", "rel_embeddings", "encoder.encoder.LayerNorm", "final_layer_norm")
+    for name in trainable:
+        assert name.startswith("head.") or ".layer." in name or ".block." in name or any(
+            s in name for s in shared), name
+    assert not any(n.startswith("encoder.embeddings.") or "embed_tokens" in n for n in trainable)
+    if mode == "adapters":
+        assert all(n.startswith("head.") or "adapter" in n for n in trainable)
+    # the upper part holds exactly the upper layers' weights (plus T5's copied position bias)
+    base_upper = sum(p.numel() for layer in list(encoders.layers(base))[cut:] for p in layer.parameters())
+    model_upper = sum(p.numel() for layer in upper_layers for p in layer.parameters()
+                      if not any(p is q for q in _adapter_params(layer)))
+    extra = 0
+    if model_type == "t5":
+        extra = base.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.numel()
+    assert model_upper == base_upper + extra
+
+
+def _adapter_params(layer):
+    return [p for n, p in layer.named_parameters() if "adapter" in n]
+
+
+def test_full_mode_trains_every_layer():
+    base = tiny_model("bert")
+    model = models.build_classifier("full", base, 2, 3, 8, 0.1, seed=0)
+    assert all(p.requires_grad for p in model.parameters())
+    assert encoders.num_layers(model.encoder) == 4
+
+
+@pytest.mark.parametrize("model_type", ARCHS)
+def test_cached_adapters_match_adapters_on_the_whole_model(model_type):
+    base = tiny_model(model_type)
+    ids, mask = random_batch()
+    full = models.build_classifier("adapters_full", base, 2, 3, 8, 0.0, seed=1).eval()
+    cached = models.build_classifier("adapters", base, 2, 3, 8, 0.0, seed=1).eval()
+    for model in (full, cached):  # non-trivial adapters, identical in both models
+        torch.manual_seed(7)
+        with torch.no_grad():
+            for p in models.trainable_parameters(model):
+                p.normal_(std=0.2)
+    lower = encoders.lower_part(base, 2)
+    with torch.no_grad():
+        a = full({"input_ids": ids, "attention_mask": mask})
+        b = cached({"hidden": encoders.run_lower(lower, ids, mask), "attention_mask": mask})
+    assert (a - b).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("model_type", ARCHS)
+def test_adapters_are_a_residual_branch_only_in_upper_layers(model_type):
+    base = tiny_model(model_type)
+    ids, mask = random_batch()
+    model = models.build_classifier("adapters_full", base, 2, 3, 8, 0.0, seed=1).eval()
+    names = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    container = ".block." if model_type == "t5" else ".layer."
+    layer_ids = {int(n.split(container)[1].split(".")[0]) for n in names}
+    assert layer_ids == {2, 3}
+    assert len(names) == 2 * 2 * 4  # 2 upper layers x 2 adapters x (down w, b, up w, b)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "adapter_up" in n:
+                p.zero_()
+        out = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        ref = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        keep = mask.bool()
+        assert (out[keep] - ref[keep]).abs().max().item() <= 1e-5
+        for n, p in model.named_parameters():
+            if "adapter_up" in n:
+                p.normal_(std=0.5)
+        changed = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert (changed[keep] - ref[keep]).abs().max().item() > 1e-3
+
+
+def test_adapter_size_sets_the_bottleneck_width():
+    model = models.build_classifier("adapters", tiny_model("bert"), 2, 3, 8, 0.1, seed=0)
+    downs = [p for n, p in model.named_parameters() if "adapter_down" in n and n.endswith("weight")]
+    assert downs and all(p.shape == (8, 32) for p in downs)
+
+
+def test_same_seed_same_head():
+    base = tiny_model("bert")
+    a = models.build_classifier("semi_frozen", base, 2, 3, 8, 0.1, seed=3)
+    b = models.build_classifier("semi_frozen", base, 2, 3, 8, 0.1, seed=3)
+    c = models.build_classifier("semi_frozen", base, 2, 3, 8, 0.1, seed=4)
+    assert torch.equal(a.head.out.weight, b.head.out.weight)
+    assert not torch.equal(a.head.out.weight, c.head.out.weight)
