@@ -1,0 +1,120 @@
+"""The text-classification script end to end, on a tiny random BERT and a toy dataset."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import save_tiny_bert, write_jsonl, write_toy_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "TextClassificationScripts" / "run_experiment.py"
+
+
+@pytest.fixture
+def setup(tmp_path):
+    model = save_tiny_bert(tmp_path / "model")
+    write_toy_dataset(tmp_path / "data")
+    config = tmp_path / "exp" / "toy_tiny.yaml"
+    config.parent.mkdir()
+    (config.parent / "base.yaml").write_text(
+        f"base: {ROOT / 'HyperparameterSelection/text_classification/defaults.yaml'}\n"
+        f"model: {model}\ncut_layer: 2\nmax_epochs: 2\nbatch_size: 8\nwarmup_steps: 0\nmax_length: 24\n")
+    config.write_text("base: base.yaml\ndataset: toy\nseeds: [0, 1]\nadapter_size: 8\n"
+                      "learning_rate: {full: 1.0e-3, semi_frozen: 1.0e-3, adapters: 1.0e-3, adapters_full: 1.0e-3}\n")
+    return tmp_path, config
+
+
+def run(tmp_path, config, *extra):
+    cmd = [sys.executable, str(SCRIPT), str(config), "--data-dir", str(tmp_path / "data"),
+           "--results-dir", str(tmp_path / "results"), "--cache-root", str(tmp_path / "caches"), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+
+
+def test_every_mode_and_seed_end_to_end(setup):
+    tmp_path, config = setup
+    proc = run(tmp_path, config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "results/text_classification/toy/toy_tiny.json").read_text())
+    assert result["complete"]
+    assert set(result["runs"]) == {"full", "semi_frozen", "adapters", "adapters_full"}
+    for mode, runs in result["runs"].items():
+        assert [r["seed"] for r in runs] == [0, 1]
+        for r in runs:
+            assert 0 <= r["test"]["micro_f1"] <= 1 and 0 <= r["dev"]["macro_f1"] <= 1
+            assert len(r["history"]["epochs"]) >= 1 and r["inference_seconds"] > 0
+    trainable = {m: runs[0]["trainable_parameters"] for m, runs in result["runs"].items()}
+    assert trainable["full"] > trainable["semi_frozen"] > trainable["adapters"] == trainable["adapters_full"]
+    prov = result["provenance"]
+    assert prov["config"]["cut_layer"] == 2 and prov["seeds"] == [0, 1]
+    assert prov["config_sources"]["cut_layer"].endswith("base.yaml")
+    assert prov["packages"]["torch"] and prov["git_sha"] and prov["device"].startswith("cpu")
+    assert result["cache"]["bytes"] > 0 and result["cache"]["build_seconds"] >= 0
+
+    rows = list(csv.DictReader(open(tmp_path / "results/summary.csv")))
+    assert [r["mode"] for r in rows] == ["full", "semi_frozen", "adapters", "adapters_full"]
+    by_mode = {r["mode"]: r for r in rows}
+    assert by_mode["semi_frozen"]["train_speedup"] and by_mode["adapters"]["infer_speedup"]
+    assert by_mode["full"]["train_speedup"] == "" and by_mode["full"]["cache_bytes"] == ""
+    assert by_mode["semi_frozen"]["n_seeds"] == "2" and by_mode["semi_frozen"]["test_std"] != ""
+    assert (tmp_path / "results/summary.md").read_text().count("\n") == 2 + 4
+
+    # Rerunning with one more seed reuses the cache and the finished runs.
+    again = run(tmp_path, config, "--set", "seeds=[0,1,2]", "--set", "modes=[semi_frozen]")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reusing cache" in again.stderr
+    result = json.loads((tmp_path / "results/text_classification/toy/toy_tiny.json").read_text())
+    assert [r["seed"] for r in result["runs"]["semi_frozen"]] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("case,message", [
+    ("bad_json", "train.txt:3: malformed JSON"),
+    ("missing_label", "train.txt:1: missing field 'label'"),
+    ("unseen_label", "label(s) not in train: bird"),
+    ("empty_text", "train.txt:2: empty text"),
+    ("no_data_dir", "data directory not found"),
+    ("unknown_model", "cannot load model"),
+    ("unknown_key", "unknown key 'lerning_rate'"),
+])
+def test_bad_input_gives_one_line_and_writes_nothing(setup, case, message):
+    tmp_path, config = setup
+    folder = tmp_path / "data" / "text_classification" / "toy"
+    extra = []
+    if case == "bad_json":
+        good = (folder / "train.txt").read_text().splitlines(keepends=True)[:2]
+        (folder / "train.txt").write_text("".join(good) + '{"text": \n')
+    elif case == "missing_label":
+        write_jsonl(folder / "train.txt", [{"text": "x"}])
+    elif case == "unseen_label":
+        write_jsonl(folder / "dev.txt", [{"text": "a bird", "label": "bird"}])
+    elif case == "empty_text":
+        write_jsonl(folder / "train.txt", [{"text": "a", "label": "cat"}, {"text": "", "label": "dog"}])
+    elif case == "no_data_dir":
+        extra = ["--data-dir", str(tmp_path / "missing")]
+    elif case == "unknown_model":
+        extra = ["--set", f"model={tmp_path / 'no-such-model'}"]
+    elif case == "unknown_key":
+        extra = ["--set", "lerning_rate=1"]
+    proc = run(tmp_path, config, *extra)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == \
+        [proc.stderr.strip().splitlines()[-1]]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "caches").exists()
+
+
+def test_long_texts_are_truncated_with_one_warning(setup):
+    tmp_path, config = setup
+    folder = tmp_path / "data" / "text_classification" / "toy"
+    rows = [json.loads(line) for line in (folder / "train.txt").read_text().splitlines()]
+    rows[0]["text"] = "cats purr " * 40
+    rows[1]["text"] = "dogs bark " * 40
+    write_jsonl(folder / "train.txt", rows)
+    proc = run(tmp_path, config, "--set", "modes=[semi_frozen]", "--set", "seeds=[0]", "--set", "max_epochs=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line and "truncated" in line]
+    assert len(warnings) == 1 and "2 texts are longer than max_length=24" in warnings[0]
