@@ -24,7 +24,8 @@ from recycling.encoders import load_encoder, tokenize_splits
 from recycling.errors import UserError
 from recycling.metrics import classification_scores
 from recycling.models import build_classifier, trainable_parameters
-from recycling.results import provenance, rebuild_summary, write_json
+from recycling.files import write_json
+from recycling.results import provenance, rebuild_summary
 from recycling.trainer import TrainSettings, evaluate, train
 from text_classification.data import cache_inputs, load_dataset
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,8 @@ import recycling
 from cache_builder.store import DTYPES, MANIFEST, ActivationCache, SplitWriter
 from recycling import encoders
 from recycling.errors import UserError
+from recycling.files import file_sha256, write_json
+from recycling.results import device_name
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +31,6 @@ class SplitInput:
     input_ids: list[list[int]]  # from recycling.encoders.tokenize, so text runs see the same ids
     labels: list[int]
     source: Path  # the file the split was read from; its hash goes into the fingerprint
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(model_name: str, lower: torch.nn.Module, tokenizer, cut_layer: int,
@@ -119,7 +112,7 @@ def build_cache(cache_dir: str | Path, model_name: str, model, tokenizer, cut_la
         else:
             logger.info("resuming unfinished cache %s", partial)
     partial.mkdir(parents=True, exist_ok=True)
-    _write_json(fp_file, fp)
+    write_json(fp_file, fp)
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     lower.to(device)
@@ -135,14 +128,14 @@ def build_cache(cache_dir: str | Path, model_name: str, model, tokenizer, cut_la
         "splits": stats,
         "hidden_size": encoders.hidden_size(lower),
         "build_seconds": round(seconds, 3),
-        "device": _device_name(device),
+        "device": device_name(device),
         "package_version": recycling.__version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra or {}),
     }
-    _write_json(partial / MANIFEST, manifest)
+    write_json(partial / MANIFEST, manifest)
     os.replace(partial, cache_dir)
     logger.info("built cache %s in %.1fs", cache_dir, seconds)
     return ActivationCache(cache_dir)
@@ -175,15 +168,3 @@ def _build_split(partial: Path, name: str, split: SplitInput, lower, pad_id: int
     writer.close()
     os.replace(tmp, final)
     return stats
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _device_name(device: str) -> str:
-    if str(device).startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recycling.errors import UserError
+from recycling.files import file_sha256
 
 logger = logging.getLogger("recycling.fetch_data")
 
@@ -59,14 +60,6 @@ def select(entries: list[Entry], only: list[str] | None) -> list[Entry]:
     if unknown:
         raise UserError(f"unknown dataset(s) for --only: {', '.join(unknown)}; known: {', '.join(known)}")
     return [e for e in entries if e.dataset in wanted]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_one(entry: Entry, out: Path, base_url: str) -> bool:

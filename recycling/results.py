@@ -61,14 +61,6 @@ def provenance(config, sources: dict, device) -> dict:
     }
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Atomic: a reader (or an interrupted run) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _mode_row(result: dict, mode: str, runs: list[dict]) -> dict:
     config = result["provenance"]["config"]
     metric = config["metric"]
