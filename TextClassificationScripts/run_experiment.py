@@ -67,12 +67,12 @@ def run_seed(mode, seed, config, base, splits, device) -> dict:
 def finished_runs(out_path: Path, config: dict) -> dict:
     """Runs an earlier, interrupted or shorter, invocation of the same experiment already finished.
 
-    Only the seed list may differ: anything else changed means the old runs are not comparable.
+    Only the lists of seeds and modes may differ: any other change makes the old runs incomparable.
     """
     if not out_path.is_file():
         return {}
     old = json.loads(out_path.read_text())
-    strip = lambda c: {k: v for k, v in c.items() if k != "seeds"}  # noqa: E731
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("seeds", "modes")}  # noqa: E731
     if strip(old["provenance"]["config"]) != strip(config):
         logger.warning("%s holds runs of a different configuration: they will be replaced", out_path)
         return {}
@@ -133,6 +133,9 @@ def run(args) -> Path:
         "runs": {mode: [] for mode in config.modes},
     }
     done = finished_runs(out_path, result["provenance"]["config"])
+    for (mode, seed), run in done.items():  # keep earlier runs beyond this invocation's seeds and modes
+        if mode not in config.modes or seed not in config.seeds:
+            result["runs"].setdefault(mode, []).append(run)
     for seed in config.seeds:
         for mode in config.modes:
             if (mode, seed) in done:
@@ -146,6 +149,9 @@ def run(args) -> Path:
             write_json(out_path, result)
             rebuild_summary(Path(args.results_dir))
 
+    for runs in result["runs"].values():
+        runs.sort(key=lambda r: r["seed"])
+    result["provenance"]["seeds"] = sorted({r["seed"] for runs in result["runs"].values() for r in runs})
     result["complete"] = True
     write_json(out_path, result)
     for row in rebuild_summary(Path(args.results_dir)):

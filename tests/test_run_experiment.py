@@ -68,6 +68,8 @@ def test_every_mode_and_seed_end_to_end(setup):
     assert "reusing cache" in again.stderr
     result = json.loads((tmp_path / "results/text_classification/toy/toy_tiny.json").read_text())
     assert [r["seed"] for r in result["runs"]["semi_frozen"]] == [0, 1, 2]
+    assert [r["seed"] for r in result["runs"]["full"]] == [0, 1]  # other modes' runs are kept
+    assert result["provenance"]["seeds"] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("case,message", [
