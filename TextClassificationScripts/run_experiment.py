@@ -64,19 +64,19 @@ def run_seed(mode, seed, config, base, splits, device) -> dict:
     }
 
 
-def finished_runs(out_path: Path, config: dict) -> dict:
-    """Runs an earlier, interrupted or shorter, invocation of the same experiment already finished.
+def previous_result(out_path: Path, config: dict) -> dict | None:
+    """The result file of an earlier, interrupted or narrower, invocation of this experiment.
 
     Only the lists of seeds and modes may differ: any other change makes the old runs incomparable.
     """
     if not out_path.is_file():
-        return {}
+        return None
     old = json.loads(out_path.read_text())
     strip = lambda c: {k: v for k, v in c.items() if k not in ("seeds", "modes")}  # noqa: E731
     if strip(old["provenance"]["config"]) != strip(config):
         logger.warning("%s holds runs of a different configuration: they will be replaced", out_path)
-        return {}
-    return {(mode, run["seed"]): run for mode, runs in old["runs"].items() for run in runs}
+        return None
+    return old
 
 
 def main(argv=None) -> int:
@@ -132,7 +132,9 @@ def run(args) -> Path:
             "bytes": cache.nbytes(), "fingerprint": cache.fingerprint},
         "runs": {mode: [] for mode in config.modes},
     }
-    done = finished_runs(out_path, result["provenance"]["config"])
+    previous = previous_result(out_path, result["provenance"]["config"]) or {"runs": {}, "cache": None}
+    done = {(mode, run["seed"]): run for mode, runs in previous["runs"].items() for run in runs}
+    result["cache"] = result["cache"] or previous["cache"]  # a narrower rerun may not need the cache
     for (mode, seed), run in done.items():  # keep earlier runs beyond this invocation's seeds and modes
         if mode not in config.modes or seed not in config.seeds:
             result["runs"].setdefault(mode, []).append(run)

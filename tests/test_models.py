@@ -104,3 +104,33 @@ def test_same_seed_same_head():
     c = models.build_classifier("semi_frozen", base, 2, 3, 8, 0.1, seed=4)
     assert torch.equal(a.head.out.weight, b.head.out.weight)
     assert not torch.equal(a.head.out.weight, c.head.out.weight)
+
+
+def test_a_training_step_from_the_cache_equals_one_on_recomputed_frozen_lower_layers():
+    from transformers import BertConfig, BertModel
+
+    from tests.tiny_models import SMALL
+
+    torch.manual_seed(0)
+    base = BertModel(BertConfig(**SMALL, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).eval()
+    ids, mask = random_batch()
+    labels = torch.tensor([0, 2, 1])
+    cached = models.build_classifier("semi_frozen", base, 2, 3, 8, 0.0, seed=1)
+    text = models.build_classifier("full", base, 2, 3, 8, 0.0, seed=1)
+    for module in [text.encoder.embeddings, *list(encoders.layers(text.encoder))[:2]]:
+        module.requires_grad_(False)
+    hidden = encoders.run_lower(encoders.lower_part(base, 2), ids, mask)
+    for model, batch in ((cached, {"hidden": hidden}), (text, {"input_ids": ids})):
+        optimizer = torch.optim.AdamW(models.trainable_parameters(model), lr=1e-2)
+        for _ in range(3):
+            loss = torch.nn.functional.cross_entropy(model({**batch, "attention_mask": mask}), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    after_cached = list(encoders.layers(cached.encoder))
+    after_text = list(encoders.layers(text.encoder))[2:]
+    for a, b in zip(after_cached, after_text):
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert (p - q).abs().max().item() <= 1e-5
+    assert torch.allclose(cached.head.out.weight, text.head.out.weight, atol=1e-5)
+    assert not torch.equal(after_cached[0].output.dense.weight, list(encoders.layers(base))[2].output.dense.weight)

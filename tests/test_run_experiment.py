@@ -71,6 +71,14 @@ def test_every_mode_and_seed_end_to_end(setup):
     assert [r["seed"] for r in result["runs"]["full"]] == [0, 1]  # other modes' runs are kept
     assert result["provenance"]["seeds"] == [0, 1, 2]
 
+    # A rerun that needs no cache (only text modes, all done) keeps the cache's record.
+    third = run(tmp_path, config, "--set", "modes=[full]", "--set", "seeds=[0]")
+    assert third.returncode == 0, third.stderr[-3000:]
+    result = json.loads((tmp_path / "results/text_classification/toy/toy_tiny.json").read_text())
+    assert result["cache"]["bytes"] > 0 and len(result["runs"]["adapters"]) == 2
+    rows = {r["mode"]: r for r in csv.DictReader(open(tmp_path / "results/summary.csv"))}
+    assert rows["semi_frozen"]["cache_bytes"] and rows["semi_frozen"]["n_seeds"] == "3"
+
 
 @pytest.mark.parametrize("case,message", [
     ("bad_json", "train.txt:3: malformed JSON"),
