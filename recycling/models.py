@@ -65,7 +65,8 @@ def add_adapters(model: nn.Module, adapter_size: int, cut_layer: int) -> None:
     import adapters
 
     adapters.init(model, interface=_interface(model))
-    model.add_adapter(ADAPTER_NAME, config=adapter_config(encoders.hidden_size(model), adapter_size, cut_layer))
+    model.add_adapter(ADAPTER_NAME, config=adapter_config(encoders.hidden_size(model), adapter_size, cut_layer),
+                      set_active=True)
     model.train_adapter(ADAPTER_NAME)
 
 
