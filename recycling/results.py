@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from recycling.config import BASELINE_OF, CACHED_MODES
+from recycling.files import write_text
 from recycling.metrics import mean_std
 
 PACKAGES = ("torch", "transformers", "adapters", "numpy", "scikit-learn", "embedding-recycling")
@@ -99,15 +101,12 @@ def rebuild_summary(results_dir: Path) -> list[dict]:
     rows = []
     for path in sorted(results_dir.glob("*/*/*.json")):
         rows.extend(summary_rows(json.loads(path.read_text())))
-    tmp = results_dir / "summary.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, results_dir / "summary.csv")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(results_dir / "summary.csv", table.getvalue())
     lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
     lines += ["| " + " | ".join(str(r[c]) for c in SUMMARY_COLUMNS) + " |" for r in rows]
-    tmp = results_dir / "summary.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, results_dir / "summary.md")
+    write_text(results_dir / "summary.md", "\n".join(lines) + "\n")
     return rows
