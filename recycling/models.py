@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 from torch import nn
@@ -65,8 +66,16 @@ def add_adapters(model: nn.Module, adapter_size: int, cut_layer: int) -> None:
     import adapters
 
     adapters.init(model, interface=_interface(model))
-    model.add_adapter(ADAPTER_NAME, config=adapter_config(encoders.hidden_size(model), adapter_size, cut_layer),
-                      set_active=True)
+    # Activating an adapter makes `adapters` open an empty forward context before the activation is
+    # recorded, which logs "none are activated for the forward pass" although the adapter is active.
+    mixin_log = logging.getLogger("adapters.model_mixin")
+    level = mixin_log.level
+    mixin_log.setLevel(logging.ERROR)
+    try:
+        model.add_adapter(ADAPTER_NAME, config=adapter_config(encoders.hidden_size(model), adapter_size, cut_layer),
+                          set_active=True)
+    finally:
+        mixin_log.setLevel(level)
     model.train_adapter(ADAPTER_NAME)
 
 

@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 
@@ -134,3 +136,10 @@ def test_a_training_step_from_the_cache_equals_one_on_recomputed_frozen_lower_la
             assert (p - q).abs().max().item() <= 1e-5
     assert torch.allclose(cached.head.out.weight, text.head.out.weight, atol=1e-5)
     assert not torch.equal(after_cached[0].output.dense.weight, list(encoders.layers(base))[2].output.dense.weight)
+
+
+def test_adding_adapters_logs_no_false_inactive_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        model = models.build_classifier("adapters", tiny_model("bert"), 2, 3, 8, 0.1, seed=0)
+    assert "none are activated" not in caplog.text
+    assert str(model.encoder.active_adapters) == "Stack[recycling]"
