@@ -1,4 +1,13 @@
-"""Build (or verify and reuse) the cache of one dataset: ``python -m cache_builder --help``."""
+"""Build (or verify and reuse) the cache of one dataset for any task: ``python -m cache_builder --help``.
+
+Give an experiment file, and the cache is exactly the one its runs will read::
+
+    python -m cache_builder HyperparameterSelection/ner/minilm_l6_bc5cdr.yaml --data-dir DATA
+
+or name the inputs directly::
+
+    python -m cache_builder --task ner --dataset bc5cdr --model offline:all-MiniLM-L6-v2 --cut-layer 3 --data-dir DATA
+"""
 
 from __future__ import annotations
 
@@ -7,21 +16,24 @@ import logging
 import os
 import sys
 
-from cache_builder.build import build_cache, default_cache_dir
 from cache_builder.store import DTYPES
-from recycling.encoders import load_encoder, tokenize_splits
 from recycling.errors import UserError
+from recycling.tasks import METRICS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cache_builder", description=__doc__)
-    p.add_argument("--task", default="text_classification", choices=["text_classification"])
-    p.add_argument("--dataset", required=True, help="folder name under <data-dir>/<task>/")
+    p = argparse.ArgumentParser(prog="python -m cache_builder", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="experiment YAML; the flags below are then ignored")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--task", default="text_classification", choices=list(METRICS))
+    p.add_argument("--dataset", help="folder name under <data-dir>/<task>/")
     p.add_argument("--data-dir", default=os.environ.get("ER_DATA_DIR"),
                    help="root of the datasets (default: $ER_DATA_DIR)")
-    p.add_argument("--model", required=True, help="hub id, local folder or offline:<name>")
-    p.add_argument("--cut-layer", type=int, required=True, help="layers below this one are cached")
-    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--model", help="hub id, local folder or offline:<name>")
+    p.add_argument("--cut-layer", type=int, help="layers below this one are cached")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per feature (NER: per window)")
+    p.add_argument("--window-stride", type=int, default=64, help="tokens shared by consecutive windows (NER)")
     p.add_argument("--dtype", default="float16", choices=list(DTYPES))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cache-root", default=os.environ.get("ER_CACHE_DIR", "caches"))
@@ -30,22 +42,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def config_of(args: argparse.Namespace):
+    from recycling.config import ExperimentConfig, load_config
+
+    if args.config:
+        return load_config(args.config, args.set)[0]
+    missing = [f"--{k.replace('_', '-')}" for k in ("dataset", "model", "cut_layer") if getattr(args, k) is None]
+    if missing:
+        raise UserError(f"give an experiment file or {', '.join(missing)}")
+    config = ExperimentConfig(dataset=args.dataset, model=args.model, cut_layer=args.cut_layer, task=args.task,
+                              metric=METRICS[args.task][0], max_length=args.max_length,
+                              window_stride=args.window_stride, cache_dtype=args.dtype,
+                              cache_batch_size=args.batch_size, cache_dir=args.cache_dir, device=args.device)
+    config.validate()
+    return config
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from text_classification.data import cache_inputs, load_dataset
+    from recycling.encoders import load_encoder
+    from recycling.runner import cache_of, load_features
+    from recycling.tasks import get_task
 
     try:
+        config = config_of(args)
         if not args.data_dir:
             raise UserError("no data directory: pass --data-dir or set ER_DATA_DIR")
-        dataset = load_dataset(args.data_dir, args.dataset)
-        model, tokenizer = load_encoder(args.model)
-        ids = tokenize_splits(tokenizer, {n: s.texts for n, s in dataset.splits.items()}, args.max_length)
-        cache_dir = args.cache_dir or default_cache_dir(
-            args.cache_root, args.task, args.dataset, args.model, args.cut_layer, args.max_length, args.dtype)
-        cache = build_cache(cache_dir, args.model, model, tokenizer, args.cut_layer,
-                            cache_inputs(dataset, ids), max_length=args.max_length, dtype=args.dtype,
-                            batch_size=args.batch_size, device=args.device, extra={"label_names": dataset.label_names})
+        task = get_task(config.task)
+        data = task.load(args.data_dir, config)
+        model, tokenizer = load_encoder(config.model)
+        features = load_features(task, data, tokenizer, config)
+        device = config.device or None
+        cache = cache_of(config, features, model, tokenizer, args.cache_root, device)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -11,41 +12,54 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 import recycling
-from cache_builder.store import DTYPES, MANIFEST, ActivationCache, SplitWriter
+from cache_builder.store import DTYPES, FORMAT_VERSION, MANIFEST, ActivationCache, SplitWriter
 from recycling import encoders
+from recycling.batches import pad_ids
 from recycling.errors import UserError
-from recycling.files import file_sha256, write_json
+from recycling.files import write_json
 from recycling.results import device_name
+from recycling.tasks import Features
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-
-
 @dataclass
-class SplitInput:
-    input_ids: list[list[int]]  # from recycling.encoders.tokenize, so text runs see the same ids
-    labels: list[int]
-    source: Path  # the file the split was read from; its hash goes into the fingerprint
+class CacheInput:
+    """Exactly what the lower layers see for one split: one row of token ids per feature."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None = None
 
 
-def fingerprint(model_name: str, lower: torch.nn.Module, tokenizer, cut_layer: int,
-                max_length: int, dtype: str, splits: dict[str, SplitInput]) -> dict:
-    """Everything the cached activations depend on, and nothing else."""
+def inputs_sha256(split: CacheInput) -> str:
+    """A hash of the token ids (and segment ids) of every feature, in order."""
+    digest = hashlib.sha256()
+    for i, ids in enumerate(split.input_ids):
+        digest.update(np.asarray(ids, dtype=np.int64).tobytes())
+        digest.update(b"|" if split.token_type_ids is None else
+                      np.asarray(split.token_type_ids[i], dtype=np.int64).tobytes() + b"|")
+    return digest.hexdigest()
+
+
+def fingerprint(model_name: str, lower: torch.nn.Module, cut_layer: int, dtype: str,
+                splits: dict[str, CacheInput]) -> dict:
+    """Everything the cached activations depend on, and nothing else.
+
+    The token ids fed to the lower part stand for the data files, the tokenizer, the text field,
+    the maximum length and the windowing together: change any of them and the ids change.
+    """
     return {
         "format": FORMAT_VERSION,
         "model": model_name,
         "lower_weights_sha256": encoders.fingerprint_weights(lower),
-        "tokenizer_sha256": encoders.fingerprint_tokenizer(tokenizer),
         "cut_layer": cut_layer,
-        "max_length": max_length,
         "dtype": dtype,
-        "data": {name: file_sha256(s.source) for name, s in sorted(splits.items())},
-        "examples": {name: len(s.input_ids) for name, s in sorted(splits.items())},
+        "inputs_sha256": {name: inputs_sha256(s) for name, s in sorted(splits.items())},
+        "features": {name: len(s.input_ids) for name, s in sorted(splits.items())},
     }
 
 
@@ -73,26 +87,28 @@ def _refuse(path: Path, old: dict, new: dict, fields: list[str]) -> UserError:
     )
 
 
-def default_cache_dir(cache_root: str | Path, task: str, dataset: str, model_name: str,
-                      cut_layer: int, max_length: int, dtype: str) -> Path:
+def default_cache_dir(cache_root: str | Path, task: str, dataset: str, model_name: str, cut_layer: int,
+                      dtype: str, splits: dict[str, CacheInput]) -> Path:
+    """``<root>/<task>/<dataset>/<model>-k<cut>-<dtype>-<hash of the inputs>``: other inputs (another
+    text field, max length or window stride) get their own folder instead of a refusal."""
     slug = model_name.replace("/", "__").replace(":", "_")
-    return Path(cache_root) / task / dataset / f"{slug}-k{cut_layer}-len{max_length}-{dtype}"
+    digest = hashlib.sha256(json.dumps({n: inputs_sha256(s) for n, s in sorted(splits.items())}).encode())
+    return Path(cache_root) / task / dataset / f"{slug}-k{cut_layer}-{dtype}-{digest.hexdigest()[:12]}"
 
 
-def build_cache(cache_dir: str | Path, model_name: str, model, tokenizer, cut_layer: int,
-                splits: dict[str, SplitInput], max_length: int = 512, dtype: str = "float16",
-                batch_size: int = 64, device: str | None = None,
+def build_cache(cache_dir: str | Path, model_name: str, model, cut_layer: int, splits: dict[str, CacheInput],
+                pad_id: int = 0, dtype: str = "float16", batch_size: int = 64, device: str | None = None,
                 extra: dict | None = None) -> ActivationCache:
     """Return the cache for these inputs at ``cache_dir``, building it only if it is missing.
 
-    ``model`` and ``tokenizer`` come from ``recycling.encoders.load_encoder(model_name)``; the
-    model is not modified. ``extra`` is recorded in the manifest (e.g. label names), not compared.
+    ``model`` comes from ``recycling.encoders.load_encoder(model_name)`` and is not modified;
+    ``pad_id`` is the tokenizer's padding id. ``extra`` is recorded in the manifest, not compared.
     """
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
     cache_dir = Path(cache_dir)
     lower = encoders.lower_part(model, cut_layer)
-    fp = fingerprint(model_name, lower, tokenizer, cut_layer, max_length, dtype, splits)
+    fp = fingerprint(model_name, lower, cut_layer, dtype, splits)
 
     if (cache_dir / MANIFEST).is_file():
         cache = ActivationCache(cache_dir)
@@ -119,8 +135,7 @@ def build_cache(cache_dir: str | Path, model_name: str, model, tokenizer, cut_la
     started = time.perf_counter()
     stats = {}
     for name, split in splits.items():
-        stats[name] = _build_split(partial, name, split, lower, tokenizer.pad_token_id, max_length, dtype,
-                                   batch_size, device)
+        stats[name] = _build_split(partial, name, split, lower, pad_id, dtype, batch_size, device)
     seconds = time.perf_counter() - started
 
     manifest = {
@@ -141,30 +156,44 @@ def build_cache(cache_dir: str | Path, model_name: str, model, tokenizer, cut_la
     return ActivationCache(cache_dir)
 
 
-def _build_split(partial: Path, name: str, split: SplitInput, lower, pad_id: int | None, max_length: int,
-                 dtype: str, batch_size: int, device: str) -> dict:
+def _build_split(partial: Path, name: str, split: CacheInput, lower, pad_id: int, dtype: str,
+                 batch_size: int, device: str) -> dict:
     """Write one split into ``partial/name``; a split folder only appears once it is complete."""
     final = partial / name
     ids = split.input_ids
     lengths = [len(r) for r in ids]
-    if max(lengths) > max_length:
-        raise ValueError(f"{name}: token ids longer than max_length={max_length}; tokenize with it")
-    stats = {"examples": len(ids), "tokens": int(sum(lengths))}
+    stats = {"features": len(ids), "tokens": int(sum(lengths))}
     if final.is_dir():
         return stats
     tmp = partial / (name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    writer = SplitWriter(tmp, lengths, split.labels, encoders.hidden_size(lower), dtype)
+    writer = SplitWriter(tmp, lengths, encoders.hidden_size(lower), dtype)
     # Longest first: similar lengths share a batch (little padding), and memory peaks at once.
     order = sorted(range(len(ids)), key=lambda i: -lengths[i])
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     with torch.inference_mode():
         for batch in tqdm(batches, desc=f"caching {name}", unit="batch", disable=None):
-            input_ids, mask = encoders.pad_ids([ids[i] for i in batch], pad_id or 0)
-            hidden = encoders.run_lower(lower, input_ids.to(device), mask.to(device))
+            input_ids, mask = pad_ids([ids[i] for i in batch], pad_id)
+            types = None
+            if split.token_type_ids is not None:
+                types = pad_ids([split.token_type_ids[i] for i in batch], 0)[0].to(device)
+            hidden = encoders.run_lower(lower, input_ids.to(device), mask.to(device), types)
             for row, i in enumerate(batch):
                 writer.write(i, hidden[row, : lengths[i]])
     writer.close()
     os.replace(tmp, final)
     return stats
+
+
+def task_cache(features: dict[str, Features], *, task: str, dataset: str, model_name: str, model, cut_layer: int,
+               pad_id: int, dtype: str, batch_size: int, cache_root: str | Path, cache_dir: str | Path | None = None,
+               device: str | None = None) -> ActivationCache:
+    """The cache of a task's features, at ``cache_dir`` or at its default place under ``cache_root``.
+
+    The runner and ``python -m cache_builder`` both come here, so they find the same cache.
+    """
+    splits = {name: CacheInput(f.input_ids, f.token_type_ids) for name, f in features.items()}
+    path = cache_dir or default_cache_dir(cache_root, task, dataset, model_name, cut_layer, dtype, splits)
+    return build_cache(path, model_name, model, cut_layer, splits, pad_id=pad_id, dtype=dtype,
+                       batch_size=batch_size, device=device)

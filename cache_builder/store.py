@@ -4,8 +4,10 @@ Layout (all arrays are ``.npy`` files, opened memory-mapped)::
 
     <cache>/manifest.json        written last: a cache without it is not complete
     <cache>/<split>/hidden.npy   (n_tokens, hidden) cut-layer output of every token, no padding
-    <cache>/<split>/offsets.npy  (n_examples + 1,) int64: example i is hidden[offsets[i]:offsets[i+1]]
-    <cache>/<split>/labels.npy   (n_examples,) int64
+    <cache>/<split>/offsets.npy  (n_features + 1,) int64: feature i is hidden[offsets[i]:offsets[i+1]]
+
+A cache holds only what the frozen lower layers produced. Targets come from the task at run time,
+so one cache serves any label set, and features are addressed by their index in the split.
 
 bfloat16 has no numpy dtype, so it is stored as its raw 16 bits (uint16) and viewed back in torch.
 """
@@ -23,6 +25,7 @@ from recycling.errors import UserError
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 NUMPY_STORAGE = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
 MANIFEST = "manifest.json"
+FORMAT_VERSION = 2
 
 
 def to_storage(hidden: torch.Tensor, dtype: str) -> np.ndarray:
@@ -33,13 +36,12 @@ def to_storage(hidden: torch.Tensor, dtype: str) -> np.ndarray:
 class SplitWriter:
     """Fills the arrays of one split; rows may arrive in any order."""
 
-    def __init__(self, folder: Path, lengths: list[int], labels: list[int], hidden_size: int, dtype: str):
+    def __init__(self, folder: Path, lengths: list[int], hidden_size: int, dtype: str):
         folder.mkdir(parents=True, exist_ok=True)
         self.dtype = dtype
         self.offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=self.offsets[1:])
         np.save(folder / "offsets.npy", self.offsets)
-        np.save(folder / "labels.npy", np.asarray(labels, dtype=np.int64))
         self.hidden = np.lib.format.open_memmap(
             folder / "hidden.npy", mode="w+", dtype=NUMPY_STORAGE[dtype],
             shape=(int(self.offsets[-1]), hidden_size),
@@ -56,28 +58,28 @@ class SplitWriter:
         del self.hidden
 
 
-class CachedSplit(torch.utils.data.Dataset):
-    """Example i is ``(hidden states [len_i, hidden] as float32, label)``, read from the memmap."""
+class CachedSplit:
+    """Feature i is its hidden states ``[len_i, hidden]`` in the storage dtype, read from the memmap.
+
+    Rows stay in the storage dtype (half the bytes of float32) until the model casts them on its device.
+    """
 
     def __init__(self, folder: Path, dtype: str):
         self.folder = folder
         self.dtype = dtype
         self.hidden = np.load(folder / "hidden.npy", mmap_mode="r")
         self.offsets = np.load(folder / "offsets.npy")
-        self.labels = np.load(folder / "labels.npy")
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.offsets) - 1
 
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> torch.Tensor:
         rows = torch.from_numpy(np.array(self.hidden[self.offsets[i]:self.offsets[i + 1]]))
-        if self.dtype == "bfloat16":
-            rows = rows.view(torch.bfloat16)
-        return rows.float(), int(self.labels[i])
+        return rows.view(torch.bfloat16) if self.dtype == "bfloat16" else rows
 
 
 class ActivationCache:
@@ -89,6 +91,11 @@ class ActivationCache:
         if not manifest.is_file():
             raise UserError(f"no complete cache at {self.path} (no {MANIFEST})")
         self.manifest = json.loads(manifest.read_text())
+        version = self.manifest.get("fingerprint", {}).get("format")
+        if version != FORMAT_VERSION:
+            raise UserError(
+                f"cache at {self.path} has format {version}, this version reads format {FORMAT_VERSION} "
+                "(label-free, fingerprinted by the exact token ids): delete that folder and rerun to rebuild it")
 
     @property
     def fingerprint(self) -> dict:

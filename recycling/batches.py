@@ -1,63 +1,91 @@
-"""Batches for both sides: token ids from text, or hidden states from the cache.
+"""Batches for both sides: token ids from text, or hidden states from the cache, with the targets.
 
-Both are padded per batch to the batch's longest example, never to ``max_length``.
+Both are padded per batch to the batch's longest feature, never to ``max_length``; per-token
+targets are padded with ``IGNORE``. Every batch carries ``index``, the features' positions in
+their split, so outputs can be matched with decode-only metadata after a sorted or shuffled pass.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from recycling.encoders import pad_ids
+from recycling.heads import IGNORE
+from recycling.tasks import Features
 
 
-class TokenizedSplit(Dataset):
-    def __init__(self, input_ids: list[list[int]], labels: list[int], pad_id: int):
-        self.input_ids = input_ids
-        self.labels = labels
+class FeatureDataset(Dataset):
+    """One split's features for one mode: token ids (``cached=None``) or the cached hidden states."""
+
+    def __init__(self, features: Features, pad_id: int, cached=None):
+        if cached is not None and len(cached) != len(features):
+            raise ValueError(f"cache has {len(cached)} features, the task produced {len(features)}")
+        self.features = features
         self.pad_id = pad_id
+        self.cached = cached
+        self.lengths = [len(ids) for ids in features.input_ids]
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.features)
 
-    def __getitem__(self, i: int):
-        return self.input_ids[i], self.labels[i]
+    def __getitem__(self, i: int) -> dict:
+        f = self.features
+        item = {"index": i, **{key: values[i] for key, values in f.targets.items()}}
+        if self.cached is not None:
+            item["hidden"] = self.cached[i]
+        else:
+            item["input_ids"] = f.input_ids[i]
+            if f.token_type_ids is not None:
+                item["token_type_ids"] = f.token_type_ids[i]
+        return item
 
-    def collate(self, items) -> dict:
-        ids, mask = pad_ids([ids for ids, _ in items], self.pad_id)
-        return {"input_ids": ids, "attention_mask": mask,
-                "labels": torch.tensor([label for _, label in items], dtype=torch.long)}
+    def collate(self, items: list[dict]) -> dict:
+        width = max(self.lengths[item["index"]] for item in items)
+        batch = {"index": torch.tensor([item["index"] for item in items]),
+                 "attention_mask": _pad([[1] * self.lengths[item["index"]] for item in items], width, 0)}
+        for key in items[0]:
+            if key == "index":
+                continue
+            values = [item[key] for item in items]
+            if key == "hidden":
+                hidden = torch.zeros(len(items), width, values[0].shape[1], dtype=values[0].dtype)
+                for row, h in enumerate(values):
+                    hidden[row, : h.shape[0]] = h
+                batch[key] = hidden
+            elif key == "input_ids":
+                batch[key] = _pad(values, width, self.pad_id)
+            elif isinstance(values[0], (list, np.ndarray)):  # token type ids, per-token targets
+                batch[key] = _pad(values, width, 0 if key == "token_type_ids" else IGNORE)
+            else:
+                batch[key] = torch.tensor(values, dtype=torch.long)
+        return batch
 
 
-def collate_hidden(items) -> dict:
-    lengths = [h.shape[0] for h, _ in items]
-    hidden = torch.zeros(len(items), max(lengths), items[0][0].shape[1], dtype=items[0][0].dtype)
-    mask = torch.zeros(len(items), max(lengths), dtype=torch.long)
-    for i, (h, _) in enumerate(items):
-        hidden[i, : h.shape[0]] = h
-        mask[i, : h.shape[0]] = 1
-    return {"hidden": hidden, "attention_mask": mask,
-            "labels": torch.tensor([label for _, label in items], dtype=torch.long)}
+def _pad(rows, width: int, value: int) -> torch.Tensor:
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return out
 
 
-def lengths(dataset: Dataset) -> list[int]:
-    if isinstance(dataset, TokenizedSplit):
-        return [len(ids) for ids in dataset.input_ids]
-    return dataset.lengths.tolist()
+def pad_ids(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token ids to the longest row; returns ``(input_ids, attention_mask)``."""
+    width = max(len(r) for r in rows)
+    return _pad(rows, width, pad_id), _pad([[1] * len(r) for r in rows], width, 0)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
+def make_loader(dataset: FeatureDataset, batch_size: int, shuffle: bool, seed: int = 0,
                 group_by_length: bool = True) -> DataLoader:
     """A loader padding per batch.
 
     Shuffled loaders draw a new order every epoch from a generator seeded once per run; with
-    ``group_by_length`` each batch holds examples of similar length (transformers'
+    ``group_by_length`` each batch holds features of similar length (transformers'
     ``LengthGroupedSampler``), which cuts padding for the text and the cached side alike.
-    Unshuffled (evaluation) loaders simply go through the examples from longest to shortest.
+    Unshuffled (evaluation) loaders go through the features from longest to shortest.
     """
-    collate = dataset.collate if isinstance(dataset, TokenizedSplit) else collate_hidden
-    sizes = lengths(dataset)
+    sizes = dataset.lengths
     if shuffle:
         generator = torch.Generator().manual_seed(seed)
         if group_by_length:
@@ -66,7 +94,7 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
             sampler = RandomSampler(dataset, generator=generator)
     else:
         sampler = sorted(range(len(sizes)), key=lambda i: -sizes[i]) if group_by_length else None
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=dataset.collate)
 
 
 def to_device(batch: dict, device) -> dict:

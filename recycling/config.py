@@ -18,10 +18,17 @@ import yaml
 
 from recycling.errors import UserError
 
+from recycling.tasks import METRICS
+
 MODES = ("full", "semi_frozen", "adapters", "adapters_full")
 CACHED_MODES = ("semi_frozen", "adapters")
 BASELINE_OF = {"semi_frozen": "full", "adapters": "adapters_full"}
-METRICS = ("micro_f1", "macro_f1")
+POOLINGS = ("cls", "mean")
+WINDOWED_TASKS = ("ner",)  # tasks that split long texts into windows (window_stride applies)
+SELECT_ON = ("dev_loss", "dev_metric")
+# Keys that do not change what a finished run computed: a result file whose runs differ from the
+# current config only in these can be resumed and extended.
+NOT_COMPUTATION = ("seeds", "modes", "cache_dir", "cache_batch_size", "eval_batch_size", "device")
 
 
 @dataclass
@@ -32,8 +39,9 @@ class ExperimentConfig:
     task: str = "text_classification"
     modes: list[str] = field(default_factory=lambda: list(MODES))
     seeds: list[int] = field(default_factory=lambda: [0])
-    metric: str = "micro_f1"  # the one the summary table reports
-    max_length: int = 512
+    metric: str = "micro_f1"  # the one the summary table reports (and dev_metric selection uses)
+    max_length: int = 512  # tokens per feature, special tokens included
+    window_stride: int = 64  # tokens shared by consecutive windows of a longer text (NER)
     text_field: str = "text"
     label_field: str = "label"
     max_examples: typing.Optional[int] = None  # per split, from the top of each file; for quick runs
@@ -46,11 +54,14 @@ class ExperimentConfig:
     group_by_length: bool = True  # batches of similar length: less padding, same for every mode
     learning_rate: dict[str, float] = field(default_factory=lambda: {m: 2e-5 for m in MODES})
     weight_decay: float = 0.0
-    warmup_steps: int = 100  # optimizer steps
+    warmup_steps: int = 100  # optimizer steps; ignored when warmup_ratio is set
+    warmup_ratio: typing.Optional[float] = None  # fraction of all optimizer steps spent warming up
     max_epochs: int = 10
-    patience: int = 3  # epochs without a lower dev loss before stopping
+    patience: int = 3  # epochs without a better dev score before stopping
+    select_on: str = "dev_loss"  # dev_loss | dev_metric: which dev score picks the epoch kept
     adapter_size: int = 64  # bottleneck width b
     head_dropout: float = 0.1
+    pooling: typing.Optional[str] = None  # cls | mean (sequence heads); default cls, mean for T5
     device: typing.Optional[str] = None  # default: cuda if available, else cpu
 
     def validate(self, sources: dict[str, str] | None = None) -> None:
@@ -68,8 +79,17 @@ class ExperimentConfig:
         missing = [m for m in self.modes if m not in self.learning_rate]
         if missing:
             raise bad("learning_rate", f"has no value for mode(s) {', '.join(missing)}")
-        if self.metric not in METRICS:
-            raise bad("metric", f"must be one of {', '.join(METRICS)}, got '{self.metric}'")
+        if self.task not in METRICS:
+            raise bad("task", f"must be one of {', '.join(METRICS)}, got '{self.task}'")
+        if self.metric not in METRICS[self.task]:
+            raise bad("metric", f"must be one of {', '.join(METRICS[self.task])} for task {self.task}, "
+                                f"got '{self.metric}'")
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise bad("pooling", f"must be one of {', '.join(POOLINGS)}, got '{self.pooling}'")
+        if self.select_on not in SELECT_ON:
+            raise bad("select_on", f"must be one of {', '.join(SELECT_ON)}, got '{self.select_on}'")
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
+            raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         if self.cache_dtype not in ("float16", "bfloat16", "float32"):
             raise bad("cache_dtype", f"must be float16, bfloat16 or float32, got '{self.cache_dtype}'")
         if not self.seeds:
@@ -78,6 +98,8 @@ class ExperimentConfig:
                     "patience", "adapter_size", "cache_batch_size", "cut_layer"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be at least 1, got {getattr(self, key)}")
+        if self.task in WINDOWED_TASKS and not 0 <= self.window_stride < self.max_length // 2:
+            raise bad("window_stride", f"must be in [0, max_length/2), got {self.window_stride}")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
@@ -115,8 +137,10 @@ def _checked(key: str, value, source: str):
     tp = _HINTS[key]
     if not _check(value, tp):
         raise UserError(f"{source}: key '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if tp is float or typing.get_origin(tp) is dict:
-        return {k: float(v) for k, v in value.items()} if isinstance(value, dict) else float(value)
+    if typing.get_origin(tp) is dict:
+        return {k: float(v) for k, v in value.items()}
+    if value is not None and (tp is float or float in typing.get_args(tp)):
+        return float(value)
     return value
 
 

@@ -12,7 +12,6 @@ import copy
 import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import shutil
 import logging
 import zipfile
@@ -208,6 +207,7 @@ def upper_part(model: nn.Module, cut_layer: int) -> nn.Module:
         # The stack takes inputs_embeds as they are; the token embeddings belong to the lower part.
         model.shared = None
         model.encoder.embed_tokens = None
+        _skip_t5_input_dropout(model)
     else:
         model.embeddings = CachedEmbeddings()
     if hasattr(model, "embeddings_project"):  # ELECTRA projects embeddings to the hidden size
@@ -220,8 +220,55 @@ def upper_part(model: nn.Module, cut_layer: int) -> nn.Module:
     return model
 
 
-def run_lower(lower: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    return lower(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+def run_lower(lower: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The (lower part of the) encoder on token ids; segment ids only where a task has them."""
+    extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+    return lower(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+
+
+class OutputOnlyDropout(nn.Dropout):
+    """T5's stack applies one dropout module to its input and again to its output.
+
+    When the stack's input is a frozen layer's output (the cache, or frozen lower layers), the
+    input dropout would drop part of layer k's residual stream, which full fine-tuning never
+    does: a pre-hook on the stack arms ``skip_next`` so the first call of each forward is skipped.
+    """
+
+    skip_next = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.skip_next:
+            self.skip_next = False
+            return x
+        return super().forward(x)
+
+
+def _skip_t5_input_dropout(model: nn.Module) -> None:
+    stack = model.encoder
+    dropout = OutputOnlyDropout(stack.dropout.p)
+    stack.dropout = dropout
+    # Reach the module through the hook's argument, not a closure: a deep copy of the model keeps
+    # hooks by reference and must arm its own dropout.
+    stack.register_forward_pre_hook(lambda module, args: setattr(module.dropout, "skip_next", True))
+
+
+def below_cut(model: nn.Module, cut_layer: int) -> list[nn.Module]:
+    """The modules of a whole ``model`` that compute layer ``cut_layer``'s input (embeddings and
+    layers ``0..cut_layer-1``), for modes that freeze them but still run them every step.
+
+    Frozen, they must behave as when the cache was built: the caller keeps them in eval mode.
+    """
+    arch = architecture(model)
+    lower_layers = list(_get(model, arch.layers))[:cut_layer]
+    if arch.t5_encoder:
+        # T5's embedding dropout is the stack's shared dropout module: only its input call is skipped.
+        _skip_t5_input_dropout(model)
+        return [model.shared, *lower_layers]
+    # ELECTRA's embedding projection and DeBERTa-v2's convolution after layer 0 run below the cut too.
+    extra = (getattr(model, "embeddings", None), getattr(model, "embeddings_project", None),
+             getattr(getattr(model, "encoder", None), "conv", None))
+    return [*(m for m in extra if m is not None), *lower_layers]
 
 
 def run_upper(upper: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -235,55 +282,4 @@ def fingerprint_weights(module: nn.Module) -> str:
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def tokenize_splits(tokenizer, texts: dict[str, list[str]], max_length: int) -> dict[str, list[list[int]]]:
-    """Token ids per split, truncated to ``max_length``, with one warning counting the truncations.
-
-    The cache and the text baselines both take their ids from here, so they see the same tokens.
-    """
-    ids, counts = {}, {}
-    for name, split_texts in texts.items():
-        ids[name], counts[name] = tokenize(tokenizer, split_texts, max_length)
-    if sum(counts.values()):
-        detail = ", ".join(f"{name} {n}" for name, n in counts.items())
-        logger.warning("%d texts are longer than max_length=%d tokens and were truncated (%s)",
-                       sum(counts.values()), max_length, detail)
-    return ids
-
-
-def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
-    """Token ids of each text, truncated to ``max_length``; also returns how many were truncated."""
-    full = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
-    too_long = [i for i, ids in enumerate(full) if len(ids) > max_length]
-    if too_long:
-        cut = tokenizer([texts[i] for i in too_long], truncation=True, max_length=max_length)
-        for i, ids in zip(too_long, cut["input_ids"]):
-            full[i] = ids
-    return full, len(too_long)
-
-
-def pad_ids(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad to the longest row of this batch; returns ``(input_ids, attention_mask)``."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
-def fingerprint_tokenizer(tokenizer) -> str:
-    digest = hashlib.sha256(type(tokenizer).__name__.encode())
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        state = json.loads(backend.to_str())
-        # Truncation and padding are per-call settings the tokenizer remembers, not its identity.
-        state.pop("truncation", None)
-        state.pop("padding", None)
-        digest.update(json.dumps(state, sort_keys=True).encode())
-    else:
-        digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
     return digest.hexdigest()

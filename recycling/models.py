@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import Callable
 
 import torch
 from torch import nn
@@ -21,36 +22,44 @@ from recycling.config import CACHED_MODES, MODES
 ADAPTER_NAME = "recycling"
 
 
-class FirstTokenHead(nn.Module):
-    """Classification on the first token's final hidden state."""
+class TaskModel(nn.Module):
+    """An encoder (whole, or its upper part when ``cached``) followed by a task head.
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.dense = nn.Linear(hidden_size, hidden_size)
-        self.out = nn.Linear(hidden_size, num_labels)
+    ``frozen`` lists the modules below the cut in a text mode that trains adapters only: they are
+    kept in eval mode while training, exactly like the lower part that built the cache, so that
+    ``adapters_full`` and ``adapters`` differ in nothing but where layer k's input comes from.
+    """
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(hidden[:, 0])
-        x = self.dropout(torch.tanh(self.dense(x)))
-        return self.out(x)
-
-
-class Classifier(nn.Module):
-    """An encoder (whole, or its upper part when ``cached``) followed by a head."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module, cached: bool):
+    def __init__(self, encoder: nn.Module, head: nn.Module, cached: bool, frozen: list[nn.Module] = ()):
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.cached = cached
+        self.frozen = list(frozen)  # a plain list: these modules are already registered in encoder
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
+
+    def forward(self, batch: dict):
+        mask = batch["attention_mask"]
         if self.cached:
-            hidden = encoders.run_upper(self.encoder, batch["hidden"], batch["attention_mask"])
+            hidden = encoders.run_upper(self.encoder, batch["hidden"].to(self.head_dtype), mask)
         else:
-            hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        return self.head(hidden)
+            hidden = encoders.run_lower(self.encoder, batch["input_ids"], mask, batch.get("token_type_ids"))
+        return self.head(hidden, mask)
+
+    @property
+    def head_dtype(self) -> torch.dtype:
+        return next(self.head.parameters()).dtype
+
+    def loss(self, outputs, batch: dict):
+        return self.head.loss(outputs, batch)
+
+    def unbatch(self, outputs, batch: dict) -> list:
+        return self.head.unbatch(outputs, batch)
 
 
 def adapter_config(hidden_size: int, adapter_size: int, cut_layer: int):
@@ -93,21 +102,24 @@ def _interface(model: nn.Module):
     )
 
 
-def build_classifier(mode: str, base: nn.Module, cut_layer: int, num_labels: int,
-                     adapter_size: int, head_dropout: float, seed: int) -> Classifier:
-    """A fresh model for ``mode`` from a copy of the pretrained ``base`` (left unchanged)."""
+def build_model(mode: str, base: nn.Module, cut_layer: int, make_head: Callable[[], nn.Module],
+                adapter_size: int, seed: int) -> TaskModel:
+    """A fresh model for ``mode`` from a copy of the pretrained ``base`` (left unchanged).
+
+    ``make_head`` is called after seeding, so head and adapter initialisation depend on ``seed`` only.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode}")
-    torch.manual_seed(seed)  # head and adapter initialisation depend on the seed
+    torch.manual_seed(seed)
     encoder = copy.deepcopy(base)
     encoders.check_cut(encoder, cut_layer)
     encoders.drop_pooler(encoder)
     if mode in ("adapters", "adapters_full"):
         add_adapters(encoder, adapter_size, cut_layer)
+    frozen = encoders.below_cut(encoder, cut_layer) if mode == "adapters_full" else []
     if mode in CACHED_MODES:
         encoder = encoders.upper_part(encoder, cut_layer)
-    head = FirstTokenHead(encoders.hidden_size(base), num_labels, head_dropout)
-    return Classifier(encoder, head, cached=mode in CACHED_MODES)
+    return TaskModel(encoder, make_head(), cached=mode in CACHED_MODES, frozen=frozen)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

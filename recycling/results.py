@@ -18,8 +18,10 @@ import torch
 from recycling.config import BASELINE_OF, CACHED_MODES
 from recycling.files import write_text
 from recycling.metrics import mean_std
+from recycling.tasks import REGISTRY
 
-PACKAGES = ("torch", "transformers", "adapters", "numpy", "scikit-learn", "embedding-recycling")
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("torch", "transformers", "adapters", "numpy", "scikit-learn", "seqeval", "embedding-recycling")
 SUMMARY_COLUMNS = ("task", "dataset", "model", "cut_layer", "mode", "n_seeds", "metric", "test_mean",
                    "test_std", "dev_mean", "train_epoch_s", "train_speedup", "infer_s", "infer_speedup",
                    "cache_build_s", "cache_bytes", "device", "experiment")
@@ -44,6 +46,12 @@ def device_name(device) -> str:
     return f"cpu ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
+def portable_path(path: str) -> str:
+    """A path inside the repository relative to its root, so result files read the same anywhere."""
+    resolved = Path(path).resolve()
+    return resolved.relative_to(ROOT).as_posix() if resolved.is_relative_to(ROOT) else path
+
+
 def provenance(config, sources: dict, device) -> dict:
     versions = {}
     for name in PACKAGES:
@@ -53,9 +61,9 @@ def provenance(config, sources: dict, device) -> dict:
             versions[name] = None
     return {
         "config": dataclasses.asdict(config),
-        "config_sources": sources,
+        "config_sources": {k: v if v == "--set" else portable_path(v) for k, v in sources.items()},
         "seeds": list(config.seeds),
-        "git_sha": git_sha(),
+        "git_sha": git_sha(),  # at the start of this invocation; each run records its own
         "device": device_name(device),
         "python": platform.python_version(),
         "packages": versions,
@@ -63,7 +71,12 @@ def provenance(config, sources: dict, device) -> dict:
     }
 
 
-def _mode_row(result: dict, mode: str, runs: list[dict]) -> dict:
+def run_device(result: dict, run: dict) -> str:
+    """Runs record their device; files written before they did, once for the whole file."""
+    return run.get("device", result["provenance"]["device"])
+
+
+def _mode_row(result: dict, mode: str, device: str, runs: list[dict]) -> dict:
     config = result["provenance"]["config"]
     metric = config["metric"]
     test_mean, test_std = mean_std([r["test"][metric] for r in runs])
@@ -77,8 +90,7 @@ def _mode_row(result: dict, mode: str, runs: list[dict]) -> dict:
         "test_std": "" if test_std is None else round(100 * test_std, 2),
         "dev_mean": round(100 * dev_mean, 2), "train_epoch_s": round(epoch_s, 2),
         "train_speedup": "", "infer_s": round(infer_s, 3), "infer_speedup": "",
-        "cache_build_s": "", "cache_bytes": "", "device": result["provenance"]["device"],
-        "experiment": result["experiment"],
+        "cache_build_s": "", "cache_bytes": "", "device": device, "experiment": result["experiment"],
     }
     if mode in CACHED_MODES and result.get("cache"):
         row["cache_build_s"] = result["cache"]["build_seconds"]
@@ -87,20 +99,27 @@ def _mode_row(result: dict, mode: str, runs: list[dict]) -> dict:
 
 
 def summary_rows(result: dict) -> list[dict]:
-    rows = {mode: _mode_row(result, mode, runs) for mode, runs in result["runs"].items() if runs}
-    for mode, baseline in BASELINE_OF.items():
-        if mode in rows and baseline in rows:
-            # Both sides come from this one run on one machine, with the same data and batch size.
-            rows[mode]["train_speedup"] = round(rows[baseline]["train_epoch_s"] / rows[mode]["train_epoch_s"], 2)
-            rows[mode]["infer_speedup"] = round(rows[baseline]["infer_s"] / rows[mode]["infer_s"], 2)
+    """One row per mode and device; speedups pair a mode with its baseline on the same device."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for mode, runs in result["runs"].items():
+        for run in runs:
+            groups.setdefault((mode, run_device(result, run)), []).append(run)
+    rows = {key: _mode_row(result, *key, runs) for key, runs in groups.items()}
+    for (mode, device), row in rows.items():
+        baseline = rows.get((BASELINE_OF.get(mode), device))
+        if baseline is not None:
+            # Both sides ran in this experiment's seed loop on one machine, with the same data and batch size.
+            row["train_speedup"] = round(baseline["train_epoch_s"] / row["train_epoch_s"], 2)
+            row["infer_speedup"] = round(baseline["infer_s"] / row["infer_s"], 2)
     return list(rows.values())
 
 
 def rebuild_summary(results_dir: Path) -> list[dict]:
     """Rewrite ``summary.csv`` and ``summary.md`` from every result file under ``results_dir``."""
     rows = []
-    for path in sorted(results_dir.glob("*/*/*.json")):
-        rows.extend(summary_rows(json.loads(path.read_text())))
+    for task in REGISTRY:
+        for path in sorted(results_dir.glob(f"{task}/*/*.json")):
+            rows.extend(summary_rows(json.loads(path.read_text())))
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()

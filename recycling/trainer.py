@@ -1,4 +1,4 @@
-"""Training loop: AdamW, linear warm-up/decay in optimizer steps, early stopping on dev loss.
+"""Training loop: AdamW, linear warm-up/decay in optimizer steps, early stopping on a dev score.
 
 Dev and test are only ever run under ``torch.inference_mode``: no gradient can reach the weights
 from them (the original code called ``backward`` in its validation loop).
@@ -10,10 +10,10 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn.functional import cross_entropy
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -33,53 +33,64 @@ class TrainSettings:
     max_epochs: int
     patience: int
     warmup_steps: int = 100
+    warmup_ratio: float | None = None  # when set, replaces warmup_steps
     weight_decay: float = 0.0
     grad_accum_steps: int = 1
+
+    def warmup(self, total_steps: int) -> int:
+        if self.warmup_ratio is None:
+            return self.warmup_steps
+        return math.ceil(self.warmup_ratio * total_steps)
 
 
 @dataclass
 class TrainHistory:
-    epochs: list[dict] = field(default_factory=list)  # epoch, train_loss, dev_loss, train_seconds
+    epochs: list[dict] = field(default_factory=list)  # epoch, train_loss, dev_loss, [dev_score], train_seconds
     best_epoch: int = 0
     stopped_early: bool = False
     optimizer_steps: int = 0
+    warmup_steps: int = 0
 
 
 @dataclass
-class Predictions:
-    gold: list[int]
-    pred: list[int]
-    loss: float
+class Evaluation:
+    outputs: list  # the head's raw output for each feature, in the split's feature order
+    loss: float  # mean over the head's loss terms (examples, or labelled tokens)
     seconds: float
 
 
-def evaluate(model: nn.Module, loader, device) -> Predictions:
-    """Mean loss and argmax predictions; timed including the device sync."""
+def evaluate(model: nn.Module, loader, device) -> Evaluation:
+    """Raw outputs and mean loss over a split; timed including the device sync."""
     model.eval()
-    gold, pred, total, n = [], [], 0.0, 0
+    outputs, total, n = [None] * len(loader.dataset), 0.0, 0
     synchronize(device)
     start = time.perf_counter()
     with torch.inference_mode():
         for batch in loader:
             batch = to_device(batch, device)
-            logits = model(batch)
-            total += cross_entropy(logits.float(), batch["labels"], reduction="sum").item()
-            n += len(batch["labels"])
-            gold.extend(batch["labels"].tolist())
-            pred.extend(logits.argmax(-1).tolist())
+            out = model(batch)
+            loss_sum, count = model.loss(out, batch)
+            total += loss_sum.item()
+            n += count
+            for i, row in zip(batch["index"].tolist(), model.unbatch(out, batch)):
+                outputs[i] = row
     synchronize(device)
-    return Predictions(gold, pred, total / n, time.perf_counter() - start)
+    return Evaluation(outputs, total / max(n, 1), time.perf_counter() - start)
 
 
-def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, device) -> TrainHistory:
-    """Train the parameters that require grad; on return the model holds the best-dev-loss weights."""
+def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, device,
+          dev_score: Callable[[Evaluation], float] | None = None) -> TrainHistory:
+    """Train the parameters that require grad; on return the model holds the best epoch's weights.
+
+    The best epoch has the lowest dev loss, or the highest ``dev_score`` when one is given.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(train_loader) / settings.grad_accum_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps,
-                                                steps_per_epoch * settings.max_epochs)
-    history = TrainHistory()
-    best_loss, best_state, bad_epochs = math.inf, None, 0
+    total_steps = steps_per_epoch * settings.max_epochs
+    history = TrainHistory(warmup_steps=settings.warmup(total_steps))
+    scheduler = get_linear_schedule_with_warmup(optimizer, history.warmup_steps, total_steps)
+    best, best_state, bad_epochs = -math.inf, None, 0
     for epoch in range(1, settings.max_epochs + 1):
         model.train()
         optimizer.zero_grad(set_to_none=True)
@@ -88,10 +99,10 @@ def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, d
         start = time.perf_counter()
         for i, batch in enumerate(tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=None)):
             batch = to_device(batch, device)
-            loss = cross_entropy(model(batch).float(), batch["labels"])
-            (loss / settings.grad_accum_steps).backward()
-            running += loss.item() * len(batch["labels"])
-            seen += len(batch["labels"])
+            loss_sum, count = model.loss(model(batch), batch)
+            (loss_sum / count / settings.grad_accum_steps).backward()
+            running += loss_sum.item()
+            seen += count
             if (i + 1) % settings.grad_accum_steps == 0 or i + 1 == len(train_loader):
                 optimizer.step()
                 scheduler.step()
@@ -100,17 +111,23 @@ def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, d
         synchronize(device)
         seconds = time.perf_counter() - start
         dev = evaluate(model, dev_loader, device)
-        history.epochs.append({"epoch": epoch, "train_loss": running / seen, "dev_loss": dev.loss,
-                               "train_seconds": seconds})
-        logger.info("epoch %d: train loss %.4f, dev loss %.4f, %.1fs", epoch, running / seen, dev.loss, seconds)
-        if dev.loss < best_loss:
-            best_loss, bad_epochs, history.best_epoch = dev.loss, 0, epoch
-            best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        record = {"epoch": epoch, "train_loss": running / max(seen, 1), "dev_loss": dev.loss,
+                  "train_seconds": seconds}
+        score = -dev.loss
+        if dev_score is not None:
+            score = record["dev_score"] = dev_score(dev)
+        history.epochs.append(record)
+        logger.info("epoch %d: train loss %.4f, dev loss %.4f%s, %.1fs", epoch, record["train_loss"], dev.loss,
+                    f", dev score {score:.4f}" if dev_score is not None else "", seconds)
+        if score > best:
+            best, bad_epochs, history.best_epoch = score, 0, epoch
+            # On the CPU: a copy on the accelerator would double the model's memory there.
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
             if bad_epochs >= settings.patience:
                 history.stopped_early = True
                 break
     if best_state is not None:
-        model.load_state_dict(best_state, strict=False)
+        model.load_state_dict(best_state, strict=True)
     return history

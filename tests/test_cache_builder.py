@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from cache_builder import ActivationCache, SplitInput, build_cache
+from cache_builder import ActivationCache, CacheInput, build_cache, default_cache_dir
 from cache_builder import build as build_module
+from cache_builder.store import FORMAT_VERSION
 from recycling import encoders
 from recycling.errors import UserError
 from tests.helpers import save_tiny_bert, write_toy_dataset
-from text_classification.data import cache_inputs, load_dataset
+from text_classification.data import load_dataset
+from text_classification.task import tokenize
 
 
 @pytest.fixture
@@ -21,15 +23,15 @@ def tiny(tmp_path):
     data_dir = tmp_path / "data"
     write_toy_dataset(data_dir)
     dataset = load_dataset(data_dir, "toy")
-    ids = encoders.tokenize_splits(tokenizer, {n: s.texts for n, s in dataset.splits.items()}, 64)
+    ids = {n: tokenize(tokenizer, s.texts, 64)[0] for n, s in dataset.splits.items()}
     return dict(path=str(path), model=model, tokenizer=tokenizer, dataset=dataset, ids=ids,
-                inputs=cache_inputs(dataset, ids), root=tmp_path)
+                inputs={n: CacheInput(rows) for n, rows in ids.items()}, root=tmp_path)
 
 
 def _build(tiny, cache_dir, **kw):
-    args = dict(max_length=64, batch_size=5)
+    args = dict(batch_size=5, pad_id=tiny["tokenizer"].pad_token_id)
     args.update(kw)
-    return build_cache(cache_dir, tiny["path"], tiny["model"], tiny["tokenizer"], 2, tiny["inputs"], **args)
+    return build_cache(cache_dir, tiny["path"], tiny["model"], 2, tiny["inputs"], **args)
 
 
 def test_cache_stores_unpadded_rows_that_reproduce_the_full_model(tiny):
@@ -42,14 +44,14 @@ def test_cache_stores_unpadded_rows_that_reproduce_the_full_model(tiny):
     upper = encoders.upper_part(encoders.load_encoder(tiny["path"])[0], 2).eval()
     model = tiny["model"].eval()
     for i in (0, 5):
-        rows, label = split[i]
+        rows = split[i].float()
         ids = torch.tensor([tiny["ids"]["dev"][i]])
         mask = torch.ones_like(ids)
         with torch.no_grad():
             full = model(input_ids=ids, attention_mask=mask).last_hidden_state[0]
             out = encoders.run_upper(upper, rows[None], mask)[0]
         assert (full - out).abs().max().item() <= 1e-5
-        assert label == tiny["dataset"].label_ids("dev")[i]
+    assert not (cache.path / "dev" / "labels.npy").exists()  # targets come from the task, not the cache
 
 
 @pytest.mark.parametrize("dtype,tol", [("float16", 2e-3), ("bfloat16", 2e-2)])
@@ -57,9 +59,9 @@ def test_half_precision_caches_round_trip(tiny, dtype, tol):
     exact = _build(tiny, tiny["root"] / "fp32", dtype="float32").split("train")
     half = _build(tiny, tiny["root"] / dtype, dtype=dtype).split("train")
     assert half.hidden.dtype == (np.float16 if dtype == "float16" else np.uint16)
-    a, _ = exact[3]
-    b, _ = half[3]
-    assert b.dtype == torch.float32
+    a, b = exact[3], half[3]
+    assert b.dtype == (torch.float16 if dtype == "float16" else torch.bfloat16)  # upcast on the device only
+    b = b.float()
     assert (a - b).abs().max().item() <= tol * max(1.0, a.abs().max().item())
 
 
@@ -77,14 +79,34 @@ def test_cache_with_other_inputs_is_refused_naming_the_field(tiny):
     with pytest.raises(UserError, match=r"dtype: cache has 'float16', this run has 'float32'"):
         _build(tiny, tiny["root"] / "c", dtype="float32")
     other = dict(tiny["inputs"])
-    changed = tiny["root"] / "changed_train.txt"
-    changed.write_text(tiny["inputs"]["train"].source.read_text() + "\n")
-    other["train"] = SplitInput(other["train"].input_ids, other["train"].labels, changed)
-    with pytest.raises(UserError, match=r"data\.train"):
-        build_cache(tiny["root"] / "c", tiny["path"], tiny["model"], tiny["tokenizer"], 2, other, max_length=64)
+    other["train"] = CacheInput([row[:-2] + row[-1:] for row in tiny["ids"]["train"]])  # one token fewer
+    with pytest.raises(UserError, match=r"inputs_sha256\.train"):
+        build_cache(tiny["root"] / "c", tiny["path"], tiny["model"], 2, other)
+    segments = dict(tiny["inputs"])
+    segments["dev"] = CacheInput(tiny["ids"]["dev"], [[0] * (len(r) - 1) + [1] for r in tiny["ids"]["dev"]])
+    with pytest.raises(UserError, match=r"inputs_sha256\.dev"):
+        build_cache(tiny["root"] / "c", tiny["path"], tiny["model"], 2, segments)
     with pytest.raises(UserError, match=r"lower_weights_sha256"):
         with torch.no_grad():
             tiny["model"].encoder.layer[1].output.dense.bias += 0.1
+        _build(tiny, tiny["root"] / "c")
+
+
+def test_other_token_ids_get_their_own_default_folder(tiny):
+    """Another text field, max length or window stride changes the ids: a new cache, not a clash."""
+    shorter = {n: CacheInput([r[:5] for r in rows]) for n, rows in tiny["ids"].items()}
+    a = default_cache_dir("root", "text_classification", "toy", "m", 2, "float16", tiny["inputs"])
+    b = default_cache_dir("root", "text_classification", "toy", "m", 2, "float16", shorter)
+    assert a != b and a.parent == b.parent
+    assert a == default_cache_dir("root", "text_classification", "toy", "m", 2, "float16", dict(tiny["inputs"]))
+
+
+def test_cache_of_the_earlier_format_is_refused_with_how_to_rebuild(tiny):
+    cache = _build(tiny, tiny["root"] / "c")
+    manifest = json.loads((cache.path / "manifest.json").read_text())
+    manifest["fingerprint"]["format"] = 1
+    (cache.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=f"has format 1, this version reads format {FORMAT_VERSION}.*delete"):
         _build(tiny, tiny["root"] / "c")
 
 
@@ -131,11 +153,11 @@ def test_manifest_records_provenance(tiny):
     cache = _build(tiny, tiny["root"] / "c")
     m = json.loads((cache.path / "manifest.json").read_text())
     fp = m["fingerprint"]
-    assert fp["model"] == tiny["path"] and fp["cut_layer"] == 2 and fp["max_length"] == 64
-    assert fp["dtype"] == "float16" and set(fp["data"]) == {"train", "dev", "test"}
-    assert len(fp["lower_weights_sha256"]) == 64 and len(fp["tokenizer_sha256"]) == 64
+    assert fp["model"] == tiny["path"] and fp["cut_layer"] == 2 and fp["format"] == FORMAT_VERSION
+    assert fp["dtype"] == "float16" and set(fp["inputs_sha256"]) == {"train", "dev", "test"}
+    assert len(fp["lower_weights_sha256"]) == 64 and fp["features"]["train"] == 24
     assert m["package_version"] and m["build_seconds"] >= 0
-    assert m["splits"]["train"]["examples"] == 24
+    assert m["splits"]["train"]["features"] == 24
 
 
 def test_command_line_builds_then_reuses(tiny):

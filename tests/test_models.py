@@ -1,10 +1,18 @@
+import copy
 import logging
 
 import pytest
 import torch
 
 from recycling import encoders, models
+from recycling.heads import SequenceClassificationHead
 from tests.tiny_models import random_batch, tiny_model
+
+
+def classifier(mode, base, cut, num_labels, adapter_size, dropout, seed, pooling="cls"):
+    def head():
+        return SequenceClassificationHead(encoders.hidden_size(base), num_labels, dropout, pooling)
+    return models.build_model(mode, base, cut, head, adapter_size, seed)
 
 ARCHS = ["bert", "roberta", "distilbert", "electra", "mpnet", "deberta-v2", "t5"]
 
@@ -14,7 +22,7 @@ ARCHS = ["bert", "roberta", "distilbert", "electra", "mpnet", "deberta-v2", "t5"
 def test_nothing_below_the_cut_is_trainable_in_cached_modes(mode, model_type):
     base = tiny_model(model_type)
     cut = 2
-    model = models.build_classifier(mode, base, cut, 3, 8, 0.1, seed=0)
+    model = classifier(mode, base, cut, 3, 8, 0.1, seed=0)
     upper_layers = list(encoders.layers(model.encoder))
     assert len(upper_layers) == encoders.num_layers(base) - cut
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -45,7 +53,7 @@ def _adapter_params(layer):
 
 def test_full_mode_trains_every_layer():
     base = tiny_model("bert")
-    model = models.build_classifier("full", base, 2, 3, 8, 0.1, seed=0)
+    model = classifier("full", base, 2, 3, 8, 0.1, seed=0)
     assert all(p.requires_grad for p in model.parameters())
     assert encoders.num_layers(model.encoder) == 4
 
@@ -54,8 +62,8 @@ def test_full_mode_trains_every_layer():
 def test_cached_adapters_match_adapters_on_the_whole_model(model_type):
     base = tiny_model(model_type)
     ids, mask = random_batch()
-    full = models.build_classifier("adapters_full", base, 2, 3, 8, 0.0, seed=1).eval()
-    cached = models.build_classifier("adapters", base, 2, 3, 8, 0.0, seed=1).eval()
+    full = classifier("adapters_full", base, 2, 3, 8, 0.0, seed=1).eval()
+    cached = classifier("adapters", base, 2, 3, 8, 0.0, seed=1).eval()
     for model in (full, cached):  # non-trivial adapters, identical in both models
         torch.manual_seed(7)
         with torch.no_grad():
@@ -72,7 +80,7 @@ def test_cached_adapters_match_adapters_on_the_whole_model(model_type):
 def test_adapters_are_a_residual_branch_only_in_upper_layers(model_type):
     base = tiny_model(model_type)
     ids, mask = random_batch()
-    model = models.build_classifier("adapters_full", base, 2, 3, 8, 0.0, seed=1).eval()
+    model = classifier("adapters_full", base, 2, 3, 8, 0.0, seed=1).eval()
     names = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
     container = ".block." if model_type == "t5" else ".layer."
     layer_ids = {int(n.split(container)[1].split(".")[0]) for n in names}
@@ -94,16 +102,16 @@ def test_adapters_are_a_residual_branch_only_in_upper_layers(model_type):
 
 
 def test_adapter_size_sets_the_bottleneck_width():
-    model = models.build_classifier("adapters", tiny_model("bert"), 2, 3, 8, 0.1, seed=0)
+    model = classifier("adapters", tiny_model("bert"), 2, 3, 8, 0.1, seed=0)
     downs = [p for n, p in model.named_parameters() if "adapter_down" in n and n.endswith("weight")]
     assert downs and all(p.shape == (8, 32) for p in downs)
 
 
 def test_same_seed_same_head():
     base = tiny_model("bert")
-    a = models.build_classifier("semi_frozen", base, 2, 3, 8, 0.1, seed=3)
-    b = models.build_classifier("semi_frozen", base, 2, 3, 8, 0.1, seed=3)
-    c = models.build_classifier("semi_frozen", base, 2, 3, 8, 0.1, seed=4)
+    a = classifier("semi_frozen", base, 2, 3, 8, 0.1, seed=3)
+    b = classifier("semi_frozen", base, 2, 3, 8, 0.1, seed=3)
+    c = classifier("semi_frozen", base, 2, 3, 8, 0.1, seed=4)
     assert torch.equal(a.head.out.weight, b.head.out.weight)
     assert not torch.equal(a.head.out.weight, c.head.out.weight)
 
@@ -117,16 +125,17 @@ def test_a_training_step_from_the_cache_equals_one_on_recomputed_frozen_lower_la
     base = BertModel(BertConfig(**SMALL, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).eval()
     ids, mask = random_batch()
     labels = torch.tensor([0, 2, 1])
-    cached = models.build_classifier("semi_frozen", base, 2, 3, 8, 0.0, seed=1)
-    text = models.build_classifier("full", base, 2, 3, 8, 0.0, seed=1)
+    cached = classifier("semi_frozen", base, 2, 3, 8, 0.0, seed=1)
+    text = classifier("full", base, 2, 3, 8, 0.0, seed=1)
     for module in [text.encoder.embeddings, *list(encoders.layers(text.encoder))[:2]]:
         module.requires_grad_(False)
     hidden = encoders.run_lower(encoders.lower_part(base, 2), ids, mask)
     for model, batch in ((cached, {"hidden": hidden}), (text, {"input_ids": ids})):
         optimizer = torch.optim.AdamW(models.trainable_parameters(model), lr=1e-2)
         for _ in range(3):
-            loss = torch.nn.functional.cross_entropy(model({**batch, "attention_mask": mask}), labels)
-            loss.backward()
+            full_batch = {**batch, "attention_mask": mask, "labels": labels}
+            total, count = model.loss(model(full_batch), full_batch)
+            (total / count).backward()
             optimizer.step()
             optimizer.zero_grad()
     after_cached = list(encoders.layers(cached.encoder))
@@ -140,6 +149,40 @@ def test_a_training_step_from_the_cache_equals_one_on_recomputed_frozen_lower_la
 
 def test_adding_adapters_logs_no_false_inactive_warning(caplog):
     with caplog.at_level(logging.WARNING):
-        model = models.build_classifier("adapters", tiny_model("bert"), 2, 3, 8, 0.1, seed=0)
+        model = classifier("adapters", tiny_model("bert"), 2, 3, 8, 0.1, seed=0)
     assert "none are activated" not in caplog.text
     assert str(model.encoder.active_adapters) == "Stack[recycling]"
+
+
+@pytest.mark.parametrize("model_type", ARCHS)
+def test_adapters_full_trains_exactly_like_cached_adapters_with_dropout_on(model_type):
+    """In train mode (dropout active) the text baseline must differ from the cached mode only in
+    where layer k's input comes from: frozen lower layers run in eval mode, and T5's stack does not
+    drop its (cached or frozen) input."""
+    base = tiny_model(model_type)
+    ids, mask = random_batch()
+    full = classifier("adapters_full", base, 2, 3, 8, 0.1, seed=1).train()
+    cached = classifier("adapters", base, 2, 3, 8, 0.1, seed=1).train()
+    hidden = encoders.run_lower(encoders.lower_part(base, 2), ids, mask)
+    torch.manual_seed(11)
+    a = full({"input_ids": ids, "attention_mask": mask})
+    torch.manual_seed(11)
+    b = cached({"hidden": hidden, "attention_mask": mask})
+    assert (a - b).abs().max().item() <= 1e-5
+    torch.manual_seed(12)
+    assert (a - cached({"hidden": hidden, "attention_mask": mask})).abs().max().item() > 1e-4  # dropout is on
+    assert all(not m.training for m in full.frozen) and full.encoder.training
+
+
+def test_t5_upper_part_keeps_its_output_dropout_but_not_its_input_dropout():
+    base = tiny_model("t5")
+    upper = encoders.upper_part(copy.deepcopy(base), 2).train()
+    calls = []
+    upper.encoder.dropout.register_forward_hook(lambda m, args, out: calls.append(torch.equal(args[0], out)))
+    hidden = torch.randn(2, 5, 32)
+    upper(inputs_embeds=hidden, attention_mask=torch.ones(2, 5, dtype=torch.long))
+    assert calls == [True, False]  # input passed through, output dropped
+    twin = copy.deepcopy(upper)  # the stack's pre-hook must arm the copy's own dropout module
+    calls.clear()  # (the recording hook is copied along and still appends here)
+    twin(inputs_embeds=hidden, attention_mask=torch.ones(2, 5, dtype=torch.long))
+    assert calls == [True, False]

@@ -38,7 +38,7 @@ def test_every_mode_and_seed_end_to_end(setup):
     tmp_path, config = setup
     proc = run(tmp_path, config)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "results/text_classification/toy/toy_tiny.json").read_text())
+    result = json.loads((tmp_path / "results/text_classification/toy/exp__toy_tiny.json").read_text())
     assert result["complete"]
     assert set(result["runs"]) == {"full", "semi_frozen", "adapters", "adapters_full"}
     for mode, runs in result["runs"].items():
@@ -51,7 +51,9 @@ def test_every_mode_and_seed_end_to_end(setup):
     prov = result["provenance"]
     assert prov["config"]["cut_layer"] == 2 and prov["seeds"] == [0, 1]
     assert prov["config_sources"]["cut_layer"].endswith("base.yaml")
+    assert prov["config_sources"]["weight_decay"] == "HyperparameterSelection/text_classification/defaults.yaml"
     assert prov["packages"]["torch"] and prov["git_sha"] and prov["device"].startswith("cpu")
+    assert all(r["device"].startswith("cpu") and r["git_sha"] for runs in result["runs"].values() for r in runs)
     assert result["cache"]["bytes"] > 0 and result["cache"]["build_seconds"] >= 0
 
     rows = list(csv.DictReader(open(tmp_path / "results/summary.csv")))
@@ -66,7 +68,7 @@ def test_every_mode_and_seed_end_to_end(setup):
     again = run(tmp_path, config, "--set", "seeds=[0,1,2]", "--set", "modes=[semi_frozen]")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reusing cache" in again.stderr
-    result = json.loads((tmp_path / "results/text_classification/toy/toy_tiny.json").read_text())
+    result = json.loads((tmp_path / "results/text_classification/toy/exp__toy_tiny.json").read_text())
     assert [r["seed"] for r in result["runs"]["semi_frozen"]] == [0, 1, 2]
     assert [r["seed"] for r in result["runs"]["full"]] == [0, 1]  # other modes' runs are kept
     assert result["provenance"]["seeds"] == [0, 1, 2]
@@ -74,7 +76,7 @@ def test_every_mode_and_seed_end_to_end(setup):
     # A rerun that needs no cache (only text modes, all done) keeps the cache's record.
     third = run(tmp_path, config, "--set", "modes=[full]", "--set", "seeds=[0]")
     assert third.returncode == 0, third.stderr[-3000:]
-    result = json.loads((tmp_path / "results/text_classification/toy/toy_tiny.json").read_text())
+    result = json.loads((tmp_path / "results/text_classification/toy/exp__toy_tiny.json").read_text())
     assert result["cache"]["bytes"] > 0 and len(result["runs"]["adapters"]) == 2
     rows = {r["mode"]: r for r in csv.DictReader(open(tmp_path / "results/summary.csv"))}
     assert rows["semi_frozen"]["cache_bytes"] and rows["semi_frozen"]["n_seeds"] == "3"
@@ -128,3 +130,65 @@ def test_long_texts_are_truncated_with_one_warning(setup):
     assert proc.returncode == 0, proc.stderr[-2000:]
     warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line and "truncated" in line]
     assert len(warnings) == 1 and "2 texts are longer than max_length=24" in warnings[0]
+
+
+def _result(tmp_path):
+    return json.loads((tmp_path / "results/text_classification/toy/exp__toy_tiny.json").read_text())
+
+
+def test_resume_ignores_added_fields_and_moves_incomparable_files_aside(setup):
+    tmp_path, config = setup
+    assert run(tmp_path, config, "--set", "modes=[semi_frozen]", "--set", "seeds=[0]").returncode == 0
+    out = tmp_path / "results/text_classification/toy/exp__toy_tiny.json"
+    # A file written before a config key existed: the key's default means what the old code did.
+    old = json.loads(out.read_text())
+    del old["provenance"]["config"]["pooling"], old["provenance"]["config"]["select_on"]
+    out.write_text(json.dumps(old))
+    again = run(tmp_path, config, "--set", "modes=[semi_frozen]", "--set", "seeds=[0]", "--set", "eval_batch_size=3")
+    assert again.returncode == 0 and "already in" in again.stderr and "moved" not in again.stderr
+    # Another pooling computes something else: the old runs are kept beside, never deleted.
+    third = run(tmp_path, config, "--set", "modes=[semi_frozen]", "--set", "seeds=[0]", "--set", "pooling=mean")
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "other pooling: moved to exp__toy_tiny.json.replaced-" in third.stderr
+    aside = list(out.parent.glob("exp__toy_tiny.json.replaced-*"))
+    assert len(aside) == 1 and json.loads(aside[0].read_text())["runs"]["semi_frozen"][0]["seed"] == 0
+    assert _result(tmp_path)["provenance"]["config"]["pooling"] == "mean"
+    rows = list(csv.DictReader(open(tmp_path / "results/summary.csv")))
+    assert len(rows) == 1  # the file moved aside is not in the summary
+
+
+def test_summary_pairs_speedups_only_within_one_device(setup):
+    tmp_path, config = setup
+    assert run(tmp_path, config, "--set", "modes=[full,semi_frozen]", "--set", "seeds=[0,1]").returncode == 0
+    out = tmp_path / "results/text_classification/toy/exp__toy_tiny.json"
+    result = json.loads(out.read_text())
+    result["runs"]["semi_frozen"][1]["device"] = "other machine"
+    out.write_text(json.dumps(result))
+    from recycling.results import rebuild_summary
+
+    rows = {(r["mode"], r["device"]): r for r in rebuild_summary(tmp_path / "results")}
+    cpu = result["runs"]["full"][0]["device"]
+    assert set(rows) == {("full", cpu), ("semi_frozen", cpu), ("semi_frozen", "other machine")}
+    assert rows["semi_frozen", cpu]["train_speedup"] != "" and rows["semi_frozen", cpu]["n_seeds"] == 1
+    assert rows["semi_frozen", "other machine"]["train_speedup"] == ""
+
+
+def test_a_new_text_field_gets_a_new_cache_not_stale_labels(setup):
+    tmp_path, config = setup
+    folder = tmp_path / "data" / "text_classification" / "toy"
+    for split in ("train", "dev", "test"):
+        rows = [json.loads(line) for line in (folder / f"{split}.txt").read_text().splitlines()]
+        write_jsonl(folder / f"{split}.txt", [{**r, "title": " ".join(reversed(r["text"].split()))} for r in rows])
+    args = ("--set", "modes=[semi_frozen]", "--set", "seeds=[0]", "--set", "max_epochs=1")
+    assert run(tmp_path, config, *args).returncode == 0
+    assert run(tmp_path, config, *args, "--set", "text_field=title").returncode == 0
+    caches = sorted(p.name for p in (tmp_path / "caches/text_classification/toy").iterdir())
+    assert len(caches) == 2 and all("-k2-float16-" in name for name in caches)
+
+
+def test_a_file_of_another_task_is_refused(setup):
+    tmp_path, config = setup
+    proc = subprocess.run([sys.executable, str(ROOT / "NER_Scripts" / "run_experiment.py"), str(config),
+                           "--data-dir", str(tmp_path / "data")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "task 'text_classification' does not match this script's task 'ner'" in proc.stderr

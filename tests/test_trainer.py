@@ -1,7 +1,12 @@
+import math
+
+import pytest
 import torch
 from torch import nn
 
-from recycling.batches import TokenizedSplit, collate_hidden, make_loader
+from recycling.batches import FeatureDataset, make_loader
+from recycling.heads import IGNORE, SequenceClassificationHead, TokenClassificationHead
+from recycling.tasks import Features
 from recycling.trainer import TrainSettings, evaluate, train
 
 
@@ -11,11 +16,20 @@ class Recorder(nn.Module):
     def __init__(self):
         super().__init__()
         self.emb = nn.EmbeddingBag(20, 2, mode="sum")
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # state outside the parameters
         self.calls = []
 
     def forward(self, batch):
         self.calls.append((self.training, torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+        if self.training:
+            self.train_steps += 1
         return self.emb(batch["input_ids"], per_sample_weights=batch["attention_mask"].float())
+
+    def loss(self, logits, batch):
+        return SequenceClassificationHead.loss(None, logits, batch)
+
+    def unbatch(self, logits, batch):
+        return SequenceClassificationHead.unbatch(None, logits, batch)
 
 
 def _data(n=16, seed=0):
@@ -26,7 +40,7 @@ def _data(n=16, seed=0):
         length = int(torch.randint(2, 7, (1,), generator=g))
         ids.append([1 + label] * length + [3])  # token 1 -> class 0, token 2 -> class 1
         labels.append(label)
-    return TokenizedSplit(ids, labels, pad_id=0)
+    return FeatureDataset(Features(ids, {"labels": labels}), pad_id=0)
 
 
 def test_dev_and_test_never_compute_gradients():
@@ -44,15 +58,43 @@ def test_dev_and_test_never_compute_gradients():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_outputs_come_back_in_feature_order_whatever_the_batch_order():
+    model = Recorder()
+    data = _data(8, 1)
+    result = evaluate(model, make_loader(data, 3, shuffle=False), "cpu")  # longest first
+    one_by_one = [evaluate(model, make_loader(FeatureDataset(Features([ids], {"labels": [y]}), 0), 1, False),
+                           "cpu").outputs[0] for ids, y in zip(data.features.input_ids, data.features.targets["labels"])]
+    assert all(torch.allclose(a, b) for a, b in zip(result.outputs, one_by_one))
+
+
 def test_training_learns_and_restores_the_best_epoch():
     model = Recorder()
     history = train(model, make_loader(_data(), 4, True), make_loader(_data(8, 1), 4, False),
                     TrainSettings(0.5, max_epochs=4, patience=4, warmup_steps=0), "cpu")
     losses = [e["dev_loss"] for e in history.epochs]
     assert history.best_epoch == 1 + losses.index(min(losses))
-    assert evaluate(model, make_loader(_data(8, 1), 4, False), "cpu").loss == min(losses)
     result = evaluate(model, make_loader(_data(8, 1), 4, False), "cpu")
-    assert result.pred == result.gold
+    assert result.loss == min(losses)
+    assert [int(o.argmax()) for o in result.outputs] == _data(8, 1).features.targets["labels"]
+
+
+def test_restoring_the_best_epoch_restores_buffers_too():
+    model = Recorder()
+    # A zero learning rate: the first epoch stays best, while the buffer keeps counting.
+    history = train(model, make_loader(_data(), 4, True), make_loader(_data(8, 1), 4, False),
+                    TrainSettings(0.0, max_epochs=3, patience=5, warmup_steps=0), "cpu")
+    assert history.best_epoch == 1 and len(history.epochs) == 3
+    assert int(model.train_steps) == 4  # the state after epoch 1, not after epoch 3 (12)
+
+
+def test_selection_on_the_dev_metric_keeps_the_epoch_with_the_best_score():
+    model = Recorder()
+    scores = iter([0.2, 0.9, 0.5, 0.1])
+    history = train(model, make_loader(_data(), 4, True), make_loader(_data(8, 1), 4, False),
+                    TrainSettings(0.5, max_epochs=4, patience=2, warmup_steps=0), "cpu",
+                    dev_score=lambda evaluation: next(scores))
+    assert [e["dev_score"] for e in history.epochs] == [0.2, 0.9, 0.5, 0.1]
+    assert history.best_epoch == 2 and history.stopped_early and int(model.train_steps) == 2 * 4
 
 
 def test_early_stopping_after_patience_epochs_without_improvement():
@@ -71,8 +113,18 @@ def test_warmup_and_decay_count_optimizer_steps_not_micro_batches():
     assert history.optimizer_steps == 2 * 2
 
 
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.5])
+def test_warmup_ratio_is_a_fraction_of_all_optimizer_steps(ratio):
+    model = Recorder()
+    loader = make_loader(_data(16), 2, True)  # 8 steps per epoch, 3 epochs
+    settings = TrainSettings(1.0, max_epochs=3, patience=5, warmup_steps=100, warmup_ratio=ratio)
+    history = train(model, loader, make_loader(_data(4, 1), 4, False), settings, "cpu")
+    assert history.warmup_steps == math.ceil(ratio * 24)
+    assert TrainSettings(1.0, 3, 5, warmup_steps=7).warmup(24) == 7
+
+
 def test_each_epoch_reshuffles_with_a_reproducible_order():
-    data = TokenizedSplit([[i + 1] for i in range(12)], [0] * 12, 0)
+    data = FeatureDataset(Features([[i + 1] for i in range(12)], {"labels": [0] * 12}), 0)
 
     def orders(seed):
         loader = make_loader(data, 3, shuffle=True, seed=seed, group_by_length=False)
@@ -83,12 +135,38 @@ def test_each_epoch_reshuffles_with_a_reproducible_order():
     assert orders(5) == [first, second]  # the same orders for the same seed
 
 
-def test_batches_are_padded_to_their_own_longest_example():
-    data = TokenizedSplit([[5] * 3, [5] * 9, [5] * 4, [5] * 2], [0, 1, 0, 1], 0)
-    widths = sorted(b["input_ids"].shape[1] for b in make_loader(data, 2, shuffle=False))
-    assert widths == [3, 9]  # longest first: (9, 4) then (3, 2)
-    items = [(torch.ones(2, 4), 0), (torch.ones(5, 4), 1)]
-    batch = collate_hidden(items)
-    assert batch["hidden"].shape == (2, 5, 4)
-    assert batch["attention_mask"].tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
-    assert batch["hidden"][0, 2:].abs().sum() == 0
+def test_batches_are_padded_to_their_own_longest_feature():
+    data = FeatureDataset(Features([[5] * 3, [5] * 9, [5] * 4, [5] * 2], {"labels": [0, 1, 0, 1]}), 0)
+    batches = list(make_loader(data, 2, shuffle=False))
+    assert [b["input_ids"].shape[1] for b in batches] == [9, 3]  # longest first: (9, 4) then (3, 2)
+    assert [b["index"].tolist() for b in batches] == [[1, 2], [0, 3]]
+
+
+def test_cached_and_per_token_targets_are_padded():
+    hidden = [torch.ones(2, 4, dtype=torch.float16), torch.ones(5, 4, dtype=torch.float16)]
+    features = Features([[1, 2], [1, 2, 3, 4, 5]], {"labels": [[IGNORE, 3], [IGNORE, 1, IGNORE, 2, IGNORE]]})
+    batch = next(iter(make_loader(FeatureDataset(features, 0, cached=hidden), 2, shuffle=False)))
+    assert batch["hidden"].shape == (2, 5, 4) and batch["hidden"].dtype == torch.float16
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert batch["hidden"][1, 2:].abs().sum() == 0
+    assert batch["labels"].tolist() == [[IGNORE, 1, IGNORE, 2, IGNORE], [IGNORE, 3, IGNORE, IGNORE, IGNORE]]
+    assert "input_ids" not in batch
+
+
+def test_token_head_loss_counts_only_labelled_tokens():
+    head = TokenClassificationHead(4, 3, dropout=0.0)
+    logits = torch.randn(2, 5, 3)
+    batch = {"labels": torch.tensor([[IGNORE, 1, IGNORE, 2, IGNORE], [IGNORE, 0, IGNORE, IGNORE, IGNORE]]),
+             "attention_mask": torch.tensor([[1] * 5, [1, 1, 1, 0, 0]])}
+    total, count = head.loss(logits, batch)
+    expected = -sum(torch.log_softmax(logits[i, j], -1)[c] for i, j, c in [(0, 1, 1), (0, 3, 2), (1, 1, 0)])
+    assert count == 3 and total.item() == pytest.approx(expected.item(), rel=1e-5)
+    rows = head.unbatch(logits, batch)
+    assert [r.shape[0] for r in rows] == [5, 3]
+
+
+def test_mean_pooling_ignores_padding():
+    head = SequenceClassificationHead(2, 2, dropout=0.0, pooling="mean")
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    assert head.pool(hidden, torch.tensor([[1, 1, 0]])).tolist() == [[2.0, 3.0]]
+    assert SequenceClassificationHead(2, 2, 0.0, "cls").pool(hidden, torch.tensor([[1, 1, 0]])).tolist() == [[1.0, 2.0]]

@@ -42,6 +42,8 @@ class Dataset:
 
 
 def dataset_dir(data_dir: str | Path, name: str) -> Path:
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise UserError(f"dataset must be a folder name, not a path: '{name}'")
     root = Path(data_dir)
     if not root.is_dir():
         raise UserError(f"data directory not found: {root} (set --data-dir or ER_DATA_DIR)")
@@ -90,11 +92,3 @@ def load_dataset(data_dir: str | Path, name: str, text_field: str = "text",
         if unseen:
             raise UserError(f"{splits[s].path}: label(s) not in train: {', '.join(unseen)}")
     return Dataset(name, splits, label_names)
-
-
-def cache_inputs(dataset: Dataset, input_ids: dict[str, list[list[int]]]) -> dict:
-    """The splits in the form ``cache_builder.build_cache`` takes."""
-    from cache_builder import SplitInput
-
-    return {name: SplitInput(input_ids[name], dataset.label_ids(name), s.path)
-            for name, s in dataset.splits.items()}

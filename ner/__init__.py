@@ -1,0 +1,1 @@
+"""Named-entity recognition: CoNLL-style data and entity/token metrics."""

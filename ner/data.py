@@ -1,0 +1,168 @@
+"""Read a CoNLL-style NER dataset: ``<data_dir>/ner/<name>/{train,dev,test}.txt``.
+
+One word per line, the word in the first column and its entity tag in the last; other columns
+(POS, chunk) are ignored. Blank lines and ``-DOCSTART-`` lines end a sentence. Releases of this
+format disagree on details (tabs or spaces, CRLF, a BOM, IOB1/IO instead of IOB2), so the reader
+accepts all of them and normalizes tags to IOB2. Every problem is reported as a ``UserError``
+naming the file and, where one is concerned, the line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from recycling.errors import UserError
+
+SPLITS = ("train", "dev", "test")
+
+DOCSTART = "-DOCSTART-"
+# "O", a typed "B-T"/"I-T", or a bare "B"/"I" from untyped schemes.
+_TAG = re.compile(r"O|[BI](-.+)?")
+_ACCEPTED = "expected O, B-TYPE, I-TYPE, B or I"
+
+
+@dataclass
+class Sentence:
+    words: list[str]
+    tags: list[str]  # IOB2
+    line: int  # 1-based line of the first word; word i is on line + i
+
+
+@dataclass
+class NerSplit:
+    path: Path
+    sentences: list[Sentence]
+
+
+@dataclass
+class NerDataset:
+    name: str
+    splits: dict[str, NerSplit]
+    tag_names: list[str]  # IOB2 tags seen in train: "O" first, then sorted
+
+    def head(self, n: int | None) -> "NerDataset":
+        """The first ``n`` sentences of each split, for quick runs; tags stay those of the whole train file."""
+        if n is None:
+            return self
+        splits = {k: NerSplit(s.path, s.sentences[:n]) for k, s in self.splits.items()}
+        return NerDataset(self.name, splits, self.tag_names)
+
+
+def _split_tag(tag: str) -> tuple[str, str]:
+    """``("B", "T")`` for ``B-T``, ``("I", "")`` for a bare ``I``, ``("O", "")`` for ``O``."""
+    if not _TAG.fullmatch(tag):
+        raise ValueError(f"not an IOB tag: {tag!r} ({_ACCEPTED})")
+    prefix, _, kind = tag.partition("-")
+    return prefix, kind
+
+
+def to_iob2(tags: list[str]) -> list[str]:
+    """Rewrite IOB1/IO/IOB2 tags of one sentence as IOB2.
+
+    In IOB1 and IO an ``I-T`` may open a mention; IOB2 requires ``B-T`` there, which is what
+    entity-level scoring and a tagger's label set expect. An ``I-T`` opens a mention when it
+    follows ``O``, the sentence start, or a tag of another type; nothing else changes.
+    """
+    out = []
+    prev_prefix, prev_kind = "O", ""
+    for tag in tags:
+        prefix, kind = _split_tag(tag)
+        if prefix == "I" and (prev_prefix == "O" or prev_kind != kind):
+            tag = "B-" + kind if kind else "B"
+        out.append(tag)
+        prev_prefix, prev_kind = prefix, kind
+    return out
+
+
+def _decoded_lines(path: Path) -> list[str]:
+    """The file's physical lines as text, decoded one by one so a bad byte is reported with its line."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    lines = []
+    # UTF-8 multi-byte sequences never contain \n or \r bytes, so splitting before decoding is safe.
+    for line_no, raw in enumerate(data.splitlines(), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise UserError(f"{path}:{line_no}: not valid UTF-8 (byte {raw[err.start]:#04x} "
+                            f"at column {err.start + 1})") from None
+    return lines
+
+
+def read_conll(path: Path) -> NerSplit:
+    """Read one split; tags are checked, then normalized to IOB2 sentence by sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing data file: {path}")
+    sentences: list[Sentence] = []
+    words: list[str] = []
+    tags: list[str] = []
+    first_line = 0
+
+    def end_sentence() -> None:
+        if words:
+            sentences.append(Sentence(list(words), to_iob2(tags), first_line))
+            words.clear()
+            tags.clear()
+
+    for line_no, line in enumerate(_decoded_lines(path), start=1):
+        columns = line.split()
+        if not columns or columns[0].startswith(DOCSTART):
+            end_sentence()
+            continue
+        where = f"{path}:{line_no}"
+        if len(columns) < 2:
+            raise UserError(f"{where}: expected at least 2 columns (word ... tag), got {line.strip()!r}")
+        tag = columns[-1]
+        if not _TAG.fullmatch(tag):
+            raise UserError(f"{where}: unknown tag '{tag}' ({_ACCEPTED})")
+        if not words:
+            first_line = line_no
+        words.append(columns[0])
+        tags.append(tag)
+    end_sentence()
+    if not sentences:
+        raise UserError(f"{path}: no sentences")
+    return NerSplit(path, sentences)
+
+
+def dataset_dir(data_dir: str | Path, name: str) -> Path:
+    """The dataset's folder; ``name`` must not reach outside ``<data_dir>/ner``."""
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if name in ("", ".", "..") or any(sep in name for sep in separators):
+        raise UserError(f"invalid dataset name '{name}': expected a plain folder name such as NCBI-disease")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"data directory not found: {root} (set --data-dir or ER_DATA_DIR)")
+    folder = root / "ner" / name
+    if not folder.is_dir():
+        raise UserError(f"dataset '{name}' not found: no folder {folder}")
+    return folder
+
+
+def _tag_order(tag: str) -> tuple[bool, str]:
+    return tag != "O", tag
+
+
+def load_dataset(data_dir: str | Path, name: str) -> NerDataset:
+    """Read all three splits; dev/test may only use tags that train has (a tagger can't predict others)."""
+    folder = dataset_dir(data_dir, name)
+    splits = {s: read_conll(folder / f"{s}.txt") for s in SPLITS}
+    tag_names = sorted({t for sent in splits["train"].sentences for t in sent.tags}, key=_tag_order)
+    known = set(tag_names)
+    for s in ("dev", "test"):
+        split = splits[s]
+        for sent in split.sentences:
+            for offset, tag in enumerate(sent.tags):
+                if tag not in known:
+                    raise UserError(f"{split.path}:{sent.line + offset}: tag '{tag}' not in train "
+                                    f"(train has: {', '.join(tag_names)})")
+    return NerDataset(name, splits, tag_names)

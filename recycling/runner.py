@@ -1,0 +1,199 @@
+"""The experiment runner shared by every task: config -> data -> features -> cache -> modes x seeds -> results.
+
+A per-task script is ``parse_args()`` + ``main()`` around :func:`run_experiment`: it reads an
+experiment YAML, loads the data through the task, tokenizes it once for the cache and the text
+modes alike, builds (or reuses) the cache of the frozen lower layers, trains every mode for every
+seed, and writes ``<results>/<task>/<dataset>/<experiment>.json`` and the summary after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cache_builder import task_cache
+from recycling.batches import FeatureDataset, make_loader
+from recycling.config import CACHED_MODES, NOT_COMPUTATION, ExperimentConfig, load_config
+from recycling.encoders import load_encoder
+from recycling.errors import UserError
+from recycling.files import write_json
+from recycling.models import build_model, trainable_parameters
+from recycling.results import device_name, git_sha, provenance, rebuild_summary
+from recycling.tasks import Features, Task, get_task
+from recycling.trainer import TrainSettings, evaluate, train
+
+logger = logging.getLogger("recycling.runner")
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLITS = ("train", "dev", "test")
+
+
+def parse_args(description: str, argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="experiment YAML (see HyperparameterSelection/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set seeds=[0,1] (repeatable)")
+    p.add_argument("--data-dir", default=os.environ.get("ER_DATA_DIR"), help="default: $ER_DATA_DIR")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--cache-root", default=os.environ.get("ER_CACHE_DIR", "caches"))
+    return p.parse_args(argv)
+
+
+def main(task: str, args: argparse.Namespace) -> int:
+    """Run one experiment file of ``task``; bad input is one ``error:`` line and exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_experiment(task, args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def experiment_name(config_path: str | Path, task: str) -> str:
+    """Files under ``HyperparameterSelection/<task>/`` are named by their path there; others by their
+    path relative to the working directory, folders joined by ``__`` so names cannot collide."""
+    path = Path(config_path).resolve()
+    for base in (ROOT / "HyperparameterSelection" / task, Path.cwd().resolve()):
+        if path.is_relative_to(base):
+            return "__".join(path.relative_to(base).with_suffix("").parts)
+    return "__".join(path.with_suffix("").parts[1:])
+
+
+def load_features(task: Task, data, tokenizer, config: ExperimentConfig) -> dict[str, Features]:
+    return {split: task.features(data, split, tokenizer, config) for split in SPLITS}
+
+
+def cache_of(config: ExperimentConfig, features: dict[str, Features], base, tokenizer, cache_root, device):
+    return task_cache(features, task=config.task, dataset=config.dataset, model_name=config.model, model=base,
+                      cut_layer=config.cut_layer, pad_id=tokenizer.pad_token_id or 0, dtype=config.cache_dtype,
+                      batch_size=config.cache_batch_size, cache_root=cache_root, cache_dir=config.cache_dir,
+                      device=device)
+
+
+def run_one(mode: str, seed: int, config: ExperimentConfig, task: Task, data, base, splits: dict,
+            features: dict[str, Features], device) -> dict:
+    """Train one model and evaluate it; ``splits`` maps train/dev/test to datasets for this mode."""
+    model = build_model(mode, base, config.cut_layer, lambda: task.head(data, base, config),
+                        config.adapter_size, seed).to(device)
+    settings = TrainSettings(config.learning_rate[mode], config.max_epochs, config.patience, config.warmup_steps,
+                             config.warmup_ratio, config.weight_decay, config.grad_accum_steps)
+    train_loader = make_loader(splits["train"], config.batch_size, True, seed, config.group_by_length)
+    dev_loader = make_loader(splits["dev"], config.eval_batch_size, False, seed, config.group_by_length)
+    test_loader = make_loader(splits["test"], config.eval_batch_size, False, seed, config.group_by_length)
+    dev_score = None
+    if config.select_on == "dev_metric":
+        dev_score = lambda ev: task.score(data, "dev", features["dev"], ev.outputs)[config.metric]  # noqa: E731
+    history = train(model, train_loader, dev_loader, settings, device, dev_score)
+    dev, test = evaluate(model, dev_loader, device), evaluate(model, test_loader, device)
+    return {
+        "seed": seed,
+        "trainable_parameters": sum(p.numel() for p in trainable_parameters(model)),
+        "history": dataclasses.asdict(history),
+        "dev": {**task.score(data, "dev", features["dev"], dev.outputs), "loss": dev.loss},
+        "test": {**task.score(data, "test", features["test"], test.outputs), "loss": test.loss},
+        "inference_seconds": dev.seconds + test.seconds,
+        # Per run: a resumed experiment may continue on another machine or commit.
+        "device": device_name(device),
+        "git_sha": git_sha(),
+    }
+
+
+def computation_differs(old: dict, new: dict) -> list[str]:
+    """Keys whose values change what a run computes; keys an old file lacks mean their default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)
+                if f.default is not dataclasses.MISSING}
+    return sorted(k for k, v in new.items()
+                  if k not in NOT_COMPUTATION and old.get(k, defaults.get(k)) != v)
+
+
+def previous_result(out_path: Path, config: dict) -> dict | None:
+    """The result file of an earlier, interrupted or narrower, invocation of this experiment.
+
+    One whose runs computed something else is moved aside (never deleted) and a new file started.
+    """
+    if not out_path.is_file():
+        return None
+    old = json.loads(out_path.read_text())
+    differ = computation_differs(old["provenance"]["config"], config)
+    if differ:
+        aside = out_path.with_name(f"{out_path.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(out_path, aside)
+        logger.warning("%s holds runs with other %s: moved to %s; starting a new file",
+                       out_path, ", ".join(differ), aside.name)
+        return None
+    return old
+
+
+def run_experiment(expected_task: str, args: argparse.Namespace) -> Path:
+    config, sources = load_config(args.config, args.set)
+    if config.task != expected_task:
+        raise UserError(f"{args.config}: task '{config.task}' does not match this script's task '{expected_task}'")
+    if not args.data_dir:
+        raise UserError("no data directory: pass --data-dir or set ER_DATA_DIR")
+    task = get_task(config.task)
+    experiment = experiment_name(args.config, config.task)
+    results_dir = Path(args.results_dir)
+    out_path = results_dir / config.task / config.dataset / f"{experiment}.json"
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    # 1. data, tokenized once for the cache and the text modes alike
+    data = task.load(args.data_dir, config)
+    base, tokenizer = load_encoder(config.model)
+    features = load_features(task, data, tokenizer, config)
+    pad_id = tokenizer.pad_token_id or 0
+    text_splits = {s: FeatureDataset(features[s], pad_id) for s in SPLITS}
+
+    # 2. the cache of the frozen lower layers, built once and reused by every cached mode and seed
+    cache, cached_splits = None, None
+    if any(mode in CACHED_MODES for mode in config.modes):
+        cache = cache_of(config, features, base, tokenizer, args.cache_root, device)
+        cached_splits = {s: FeatureDataset(features[s], pad_id, cache.split(s)) for s in SPLITS}
+
+    # 3. every mode for every seed; seed-major, so an interrupted run has comparable pairs
+    result = {
+        "experiment": experiment,
+        "complete": False,
+        "provenance": provenance(config, sources, device),
+        **task.describe(data),
+        "cache": None if cache is None else {
+            "path": str(cache.path), "build_seconds": cache.manifest["build_seconds"],
+            "bytes": cache.nbytes(), "fingerprint": cache.fingerprint},
+        "runs": {mode: [] for mode in config.modes},
+    }
+    previous = previous_result(out_path, result["provenance"]["config"]) or {"runs": {}, "cache": None}
+    done = {(mode, run["seed"]): run for mode, runs in previous["runs"].items() for run in runs}
+    result["cache"] = result["cache"] or previous["cache"]  # a narrower rerun may not need the cache
+    for (mode, seed), run in done.items():  # keep earlier runs beyond this invocation's seeds and modes
+        if mode not in config.modes or seed not in config.seeds:
+            result["runs"].setdefault(mode, []).append(run)
+    for seed in config.seeds:
+        for mode in config.modes:
+            if (mode, seed) in done:
+                logger.info("%s: mode %s, seed %d already in %s", experiment, mode, seed, out_path)
+                result["runs"][mode].append(done[mode, seed])
+                continue
+            logger.info("%s: mode %s, seed %d", experiment, mode, seed)
+            splits = cached_splits if mode in CACHED_MODES else text_splits
+            result["runs"][mode].append(run_one(mode, seed, config, task, data, base, splits, features, device))
+            write_json(out_path, result)
+            rebuild_summary(results_dir)
+
+    for runs in result["runs"].values():
+        runs.sort(key=lambda r: r["seed"])
+    result["provenance"]["seeds"] = sorted({r["seed"] for runs in result["runs"].values() for r in runs})
+    result["complete"] = True
+    write_json(out_path, result)
+    for row in rebuild_summary(results_dir):
+        if row["experiment"] == experiment and row["dataset"] == config.dataset:
+            logger.info("%s %s: test %s %.2f, epoch %.1fs, speedup %s", row["dataset"], row["mode"],
+                        row["metric"], row["test_mean"], row["train_epoch_s"], row["train_speedup"] or "-")
+    return out_path

@@ -1,0 +1,89 @@
+"""The task interface: what a task (text classification, NER, QA, ...) supplies to the shared runner.
+
+A task reads its data, turns examples into *features* (the token ids fed to the encoder, one row
+per text or per window, with their targets), supplies the head that reads the encoder's final
+hidden states, and turns the head's raw outputs back into predictions and scores. Everything
+else (cache, modes, trainer, results) is the runner's and is the same for every task.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from recycling.errors import UserError
+
+# name -> "module:class"; imported only when used, so configs can be checked without torch models.
+REGISTRY = {
+    "text_classification": "text_classification.task:TextClassificationTask",
+    "ner": "ner.task:NerTask",
+}
+# The scores each task reports; the config's `metric` must be one of them (the first is the default).
+METRICS = {
+    "text_classification": ("micro_f1", "macro_f1"),
+    "ner": ("entity_f1", "entity_precision", "entity_recall", "token_micro_f1", "token_macro_f1"),
+}
+
+
+@dataclass
+class Features:
+    """Model inputs of one split, one row per feature (a text, or a window of a long text).
+
+    ``input_ids`` (and ``token_type_ids`` where the task uses segments) are exactly what the lower
+    layers see; their hash is the cache's fingerprint. ``targets`` maps each of the head's target
+    keys to one value per feature: an int, or a list with one entry per token (-100 = no target).
+    ``meta`` holds what only decoding needs (word ids, example ids, ...); it never enters a batch.
+    """
+
+    input_ids: list[list[int]]
+    targets: dict[str, list]
+    token_type_ids: list[list[int]] | None = None
+    meta: Any = None
+    sources: list[Path] = field(default_factory=list)  # data files the split was read from
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+class Task:
+    """Base class of a task; subclasses implement every method below."""
+
+    name: str
+
+    def load(self, data_dir: str | Path, config) -> Any:
+        """Read the dataset named by ``config.dataset`` (first ``config.max_examples`` per split).
+
+        Every problem is a ``UserError`` naming the file and line.
+        """
+        raise NotImplementedError
+
+    def split_names(self, data) -> list[str]:
+        """The splits to featurize: train, dev (model selection) and test."""
+        return ["train", "dev", "test"]
+
+    def features(self, data, split: str, tokenizer, config) -> Features:
+        raise NotImplementedError
+
+    def head(self, data, hidden_size: int, config) -> nn.Module:
+        """A fresh head: ``forward(hidden, attention_mask)``, ``loss(outputs, batch)`` and
+        ``unbatch(outputs, batch)`` (see ``recycling.heads``)."""
+        raise NotImplementedError
+
+    def score(self, data, split: str, features: Features, outputs: list) -> dict[str, float]:
+        """Decode the head's raw outputs (one per feature, in feature order) and score them."""
+        raise NotImplementedError
+
+    def describe(self, data) -> dict:
+        """What the result file records about the data (label names, example counts)."""
+        raise NotImplementedError
+
+
+def get_task(name: str) -> Task:
+    if name not in REGISTRY:
+        raise UserError(f"unknown task '{name}' (known: {', '.join(REGISTRY)})")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
