@@ -154,6 +154,6 @@ def test_minilm_cpu_files(file, dataset, seeds):
     assert config.learning_rate["full"] == pytest.approx(float(lrs[dataset]["MiniLM - 6L H384: Fully Finetuned"]))
     assert config.learning_rate["semi_frozen"] == pytest.approx(
         float(lrs[dataset]["MiniLM - 6L H384: 3 Layers Frozen (50%)"]))
-    assert config.learning_rate["adapters"] == config.learning_rate["adapters_full"] == pytest.approx(1e-4)
+    assert config.learning_rate["adapters"] == config.learning_rate["adapters_full"] == pytest.approx(1e-3)
     assert sources["model"].endswith("ner/minilm_l6_cpu.yaml")
     assert sources["learning_rate"].endswith(f"ner/{file}.yaml")
