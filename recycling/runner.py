@@ -80,7 +80,7 @@ def cache_of(config: ExperimentConfig, features: dict[str, Features], base, toke
 
 
 def run_one(mode: str, seed: int, config: ExperimentConfig, task: Task, data, base, splits: dict,
-            features: dict[str, Features], device) -> dict:
+            features: dict[str, Features], device, where: dict) -> dict:
     """Train one model and evaluate it; ``splits`` maps train/dev/test to datasets for this mode."""
     model = build_model(mode, base, config.cut_layer, lambda: task.head(data, base, config),
                         config.adapter_size, seed).to(device)
@@ -101,9 +101,7 @@ def run_one(mode: str, seed: int, config: ExperimentConfig, task: Task, data, ba
         "dev": {**task.score(data, "dev", features["dev"], dev.outputs), "loss": dev.loss},
         "test": {**task.score(data, "test", features["test"], test.outputs), "loss": test.loss},
         "inference_seconds": dev.seconds + test.seconds,
-        # Per run: a resumed experiment may continue on another machine or commit.
-        "device": device_name(device),
-        "git_sha": git_sha(),
+        **where,  # per run: a resumed experiment may continue on another machine or commit
     }
 
 
@@ -144,6 +142,8 @@ def run_experiment(expected_task: str, args: argparse.Namespace) -> Path:
     results_dir = Path(args.results_dir)
     out_path = results_dir / config.task / config.dataset / f"{experiment}.json"
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # The code this process runs is the checkout as it was at the start, whatever is committed later.
+    where = {"device": device_name(device), "git_sha": git_sha()}
 
     # 1. data, tokenized once for the cache and the text modes alike
     data = task.load(args.data_dir, config)
@@ -183,7 +183,8 @@ def run_experiment(expected_task: str, args: argparse.Namespace) -> Path:
                 continue
             logger.info("%s: mode %s, seed %d", experiment, mode, seed)
             splits = cached_splits if mode in CACHED_MODES else text_splits
-            result["runs"][mode].append(run_one(mode, seed, config, task, data, base, splits, features, device))
+            result["runs"][mode].append(run_one(mode, seed, config, task, data, base, splits, features, device,
+                                                where))
             write_json(out_path, result)
             rebuild_summary(results_dir)
 

@@ -89,6 +89,10 @@ def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, d
     steps_per_epoch = math.ceil(len(train_loader) / settings.grad_accum_steps)
     total_steps = steps_per_epoch * settings.max_epochs
     history = TrainHistory(warmup_steps=settings.warmup(total_steps))
+    if history.warmup_steps > total_steps // 2:
+        # A fixed count meant for a large dataset can eat most of a short run (seen: 100 of 159 steps).
+        logger.warning("warm-up takes %d of the run's %d optimizer steps; consider warmup_ratio (e.g. 0.1)",
+                       history.warmup_steps, total_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, history.warmup_steps, total_steps)
     best, best_state, bad_epochs = -math.inf, None, 0
     for epoch in range(1, settings.max_epochs + 1):

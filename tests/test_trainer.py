@@ -123,6 +123,17 @@ def test_warmup_ratio_is_a_fraction_of_all_optimizer_steps(ratio):
     assert TrainSettings(1.0, 3, 5, warmup_steps=7).warmup(24) == 7
 
 
+def test_a_warmup_longer_than_half_the_run_is_warned_about(caplog):
+    loader = make_loader(_data(16), 2, True)  # 8 steps per epoch, 2 epochs
+    with caplog.at_level("WARNING"):
+        train(Recorder(), loader, make_loader(_data(4, 1), 4, False), TrainSettings(1.0, 2, 5, warmup_steps=9), "cpu")
+    assert "warm-up takes 9 of the run's 16 optimizer steps" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train(Recorder(), loader, make_loader(_data(4, 1), 4, False), TrainSettings(1.0, 2, 5, warmup_steps=8), "cpu")
+    assert "warm-up" not in caplog.text
+
+
 def test_each_epoch_reshuffles_with_a_reproducible_order():
     data = FeatureDataset(Features([[i + 1] for i in range(12)], {"labels": [0] * 12}), 0)
 
