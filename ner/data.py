@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from recycling.config import split_limit
 from recycling.errors import UserError
 
 SPLITS = ("train", "dev", "test")
@@ -44,11 +45,10 @@ class NerDataset:
     splits: dict[str, NerSplit]
     tag_names: list[str]  # IOB2 tags seen in train: "O" first, then sorted
 
-    def head(self, n: int | None) -> "NerDataset":
-        """The first ``n`` sentences of each split, for quick runs; tags stay those of the whole train file."""
-        if n is None:
-            return self
-        splits = {k: NerSplit(s.path, s.sentences[:n]) for k, s in self.splits.items()}
+    def head(self, n: int | dict[str, int] | None) -> "NerDataset":
+        """The first ``n`` (or ``n[split]``) sentences of each split, for quick runs; tags stay those
+        of the whole train file."""
+        splits = {k: NerSplit(s.path, s.sentences[:split_limit(n, k)]) for k, s in self.splits.items()}
         return NerDataset(self.name, splits, self.tag_names)
 
 

@@ -44,7 +44,8 @@ class ExperimentConfig:
     window_stride: int = 64  # tokens shared by consecutive windows of a longer text (NER)
     text_field: str = "text"
     label_field: str = "label"
-    max_examples: typing.Optional[int] = None  # per split, from the top of each file; for quick runs
+    # Examples per split from the top of each file (an int for every split, or {split: n}); for quick runs.
+    max_examples: typing.Union[int, dict[str, int], None] = None
     cache_dtype: str = "float16"
     cache_batch_size: int = 64
     cache_dir: typing.Optional[str] = None  # default: derived from the inputs under the cache root
@@ -94,12 +95,22 @@ class ExperimentConfig:
             raise bad("cache_dtype", f"must be float16, bfloat16 or float32, got '{self.cache_dtype}'")
         if not self.seeds:
             raise bad("seeds", "must list at least one seed")
+        limits = self.max_examples.values() if isinstance(self.max_examples, dict) else [self.max_examples]
+        if any(n is not None and n < 1 for n in limits):
+            raise bad("max_examples", f"must be at least 1, got {self.max_examples}")
+        if isinstance(self.max_examples, dict) and set(self.max_examples) - {"train", "dev", "test"}:
+            raise bad("max_examples", f"takes the splits train, dev, test, got {sorted(self.max_examples)}")
         for key in ("max_length", "batch_size", "eval_batch_size", "grad_accum_steps", "max_epochs",
                     "patience", "adapter_size", "cache_batch_size", "cut_layer"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be at least 1, got {getattr(self, key)}")
         if self.task in WINDOWED_TASKS and not 0 <= self.window_stride < self.max_length // 2:
             raise bad("window_stride", f"must be in [0, max_length/2), got {self.window_stride}")
+
+
+def split_limit(max_examples: int | dict[str, int] | None, split: str) -> int | None:
+    """How many examples of ``split`` a ``max_examples`` setting keeps (None: all)."""
+    return max_examples.get(split) if isinstance(max_examples, dict) else max_examples
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(ExperimentConfig)}

@@ -55,15 +55,12 @@ class Task:
     name: str
 
     def load(self, data_dir: str | Path, config) -> Any:
-        """Read the dataset named by ``config.dataset`` (first ``config.max_examples`` per split).
+        """Read train, dev (model selection) and test of ``config.dataset`` (first ``config.max_examples``
+        examples of each).
 
         Every problem is a ``UserError`` naming the file and line.
         """
         raise NotImplementedError
-
-    def split_names(self, data) -> list[str]:
-        """The splits to featurize: train, dev (model selection) and test."""
-        return ["train", "dev", "test"]
 
     def features(self, data, split: str, tokenizer, config) -> Features:
         raise NotImplementedError

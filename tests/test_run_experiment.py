@@ -192,3 +192,22 @@ def test_a_file_of_another_task_is_refused(setup):
                            "--data-dir", str(tmp_path / "data")], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert "task 'text_classification' does not match this script's task 'ner'" in proc.stderr
+
+
+def test_experiment_names_do_not_collide_across_folders(tmp_path, monkeypatch):
+    from recycling.runner import experiment_name
+
+    hp = ROOT / "HyperparameterSelection"
+    assert experiment_name(hp / "text_classification" / "minilm_l6_chemprot.yaml", "text_classification") == \
+        "minilm_l6_chemprot"  # the names of the committed results
+    monkeypatch.chdir(tmp_path)
+    a = experiment_name(tmp_path / "sweep_a" / "exp.yaml", "ner")
+    b = experiment_name(tmp_path / "sweep_b" / "exp.yaml", "ner")
+    assert (a, b) == ("sweep_a__exp", "sweep_b__exp")
+
+
+def test_pooling_defaults_to_first_token_except_for_t5():
+    from tests.tiny_models import tiny_model
+    from text_classification.task import default_pooling
+
+    assert default_pooling(tiny_model("bert")) == "cls" and default_pooling(tiny_model("t5")) == "mean"

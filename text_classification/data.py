@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from recycling.config import split_limit
 from recycling.errors import UserError
 
 SPLITS = ("train", "dev", "test")
@@ -29,12 +30,13 @@ class Dataset:
     splits: dict[str, Split]
     label_names: list[str]  # index = class id; sorted, taken from train
 
-    def head(self, n: int | None) -> "Dataset":
-        """The first ``n`` examples of each split (labels still named from the whole train file)."""
-        if n is None:
-            return self
-        return Dataset(self.name, {k: Split(s.path, s.texts[:n], s.labels[:n]) for k, s in self.splits.items()},
-                       self.label_names)
+    def head(self, n: int | dict[str, int] | None) -> "Dataset":
+        """The first ``n`` examples of each split, or ``n[split]`` of the splits named (labels still
+        named from the whole train file)."""
+        def cut(k, s):
+            m = split_limit(n, k)
+            return Split(s.path, s.texts[:m], s.labels[:m])
+        return Dataset(self.name, {k: cut(k, s) for k, s in self.splits.items()}, self.label_names)
 
     def label_ids(self, split: str) -> list[int]:
         index = {name: i for i, name in enumerate(self.label_names)}
