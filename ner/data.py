@@ -48,6 +48,8 @@ class NerDataset:
     def head(self, n: int | dict[str, int] | None) -> "NerDataset":
         """The first ``n`` (or ``n[split]``) sentences of each split, for quick runs; tags stay those
         of the whole train file."""
+        if n is None:
+            return self
         splits = {k: NerSplit(s.path, s.sentences[:split_limit(n, k)]) for k, s in self.splits.items()}
         return NerDataset(self.name, splits, self.tag_names)
 

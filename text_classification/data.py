@@ -33,6 +33,9 @@ class Dataset:
     def head(self, n: int | dict[str, int] | None) -> "Dataset":
         """The first ``n`` examples of each split, or ``n[split]`` of the splits named (labels still
         named from the whole train file)."""
+        if n is None:
+            return self
+
         def cut(k, s):
             m = split_limit(n, k)
             return Split(s.path, s.texts[:m], s.labels[:m])
