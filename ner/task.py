@@ -131,7 +131,7 @@ class NerTask(Task):
     def head(self, data: NerDataset, encoder, config) -> TokenClassificationHead:
         return TokenClassificationHead(encoder.config.hidden_size, len(data.tag_names), config.head_dropout)
 
-    def predict(self, data: NerDataset, features: Features, outputs: list) -> list[list[str]]:
+    def predict(self, data: NerDataset, split: str, features: Features, outputs: list) -> list[list[str]]:
         """Tags per word, each read from the window where the word is most central."""
         slots: WordSlots = features.meta
         tags = []
@@ -142,7 +142,7 @@ class NerTask(Task):
 
     def score(self, data: NerDataset, split: str, features: Features, outputs: list) -> dict[str, float]:
         gold = [s.tags for s in data.splits[split].sentences]
-        return ner_scores(gold, self.predict(data, features, outputs), data.tag_names)
+        return ner_scores(gold, self.predict(data, split, features, outputs), data.tag_names)
 
     def describe(self, data: NerDataset) -> dict:
         return {"label_names": data.tag_names,

@@ -24,7 +24,7 @@ MODES = ("full", "semi_frozen", "adapters", "adapters_full")
 CACHED_MODES = ("semi_frozen", "adapters")
 BASELINE_OF = {"semi_frozen": "full", "adapters": "adapters_full"}
 POOLINGS = ("cls", "mean")
-WINDOWED_TASKS = ("ner",)  # tasks that split long texts into windows (window_stride applies)
+WINDOWED_TASKS = ("ner", "qa")  # tasks that split long texts into windows (window_stride applies)
 SELECT_ON = ("dev_loss", "dev_metric")
 # Keys that do not change what a finished run computed: a result file whose runs differ from the
 # current config only in these can be resumed and extended.
@@ -41,7 +41,15 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     metric: str = "micro_f1"  # the one the summary table reports (and dev_metric selection uses)
     max_length: int = 512  # tokens per feature, special tokens included
-    window_stride: int = 64  # tokens shared by consecutive windows of a longer text (NER)
+    window_stride: int = 64  # tokens shared by consecutive windows of a longer text (NER, QA)
+    # QA: SQuAD-format files in <data_dir>/qa/<dataset>/; without a dev file, dev is a held-out
+    # fraction of train's articles (no paragraph in both), since the official dev set plays test.
+    qa_train_file: str = "train-v1.1.json"
+    qa_dev_file: typing.Optional[str] = None
+    qa_test_file: str = "dev-v1.1.json"
+    dev_fraction: float = 0.05
+    max_answer_length: int = 30  # tokens
+    n_best: int = 20  # start and end candidates per window when decoding
     text_field: str = "text"
     label_field: str = "label"
     # Examples per split from the top of each file (an int for every split, or {split: n}); for quick runs.
@@ -102,6 +110,11 @@ class ExperimentConfig:
             raise bad("max_examples", f"takes the splits train, dev, test, got {sorted(self.max_examples)}")
         for key in ("max_length", "batch_size", "eval_batch_size", "grad_accum_steps", "max_epochs",
                     "patience", "adapter_size", "cache_batch_size", "cut_layer"):
+            if getattr(self, key) < 1:
+                raise bad(key, f"must be at least 1, got {getattr(self, key)}")
+        if not 0 < self.dev_fraction < 1:
+            raise bad("dev_fraction", f"must be in (0, 1), got {self.dev_fraction}")
+        for key in ("max_answer_length", "n_best"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be at least 1, got {getattr(self, key)}")
         if self.task in WINDOWED_TASKS and not 0 <= self.window_stride < self.max_length // 2:

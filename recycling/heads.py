@@ -74,3 +74,27 @@ class TokenClassificationHead(nn.Module):
     def unbatch(self, logits: torch.Tensor, batch: dict) -> list[torch.Tensor]:
         rows = logits.float().cpu()
         return [rows[i, :n] for i, n in enumerate(lengths(batch["attention_mask"]))]
+
+
+class SpanHead(nn.Module):
+    """Start and end logits over the tokens (extractive QA), as transformers' QA heads: a linear
+    layer on the final hidden states, no extra dropout. Padding positions can never be chosen."""
+
+    target_keys = ("start_positions", "end_positions")
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.out = nn.Linear(hidden_size, 2)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits = self.out(hidden).float()
+        return logits.masked_fill(attention_mask.unsqueeze(-1) == 0, -1e4)
+
+    def loss(self, logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, int]:
+        start = cross_entropy(logits[..., 0], batch["start_positions"], reduction="sum")
+        end = cross_entropy(logits[..., 1], batch["end_positions"], reduction="sum")
+        return (start + end) / 2, batch["start_positions"].numel()
+
+    def unbatch(self, logits: torch.Tensor, batch: dict) -> list[torch.Tensor]:
+        rows = logits.cpu()
+        return [rows[i, :n] for i, n in enumerate(lengths(batch["attention_mask"]))]

@@ -21,11 +21,13 @@ from recycling.errors import UserError
 REGISTRY = {
     "text_classification": "text_classification.task:TextClassificationTask",
     "ner": "ner.task:NerTask",
+    "qa": "qa.task:QaTask",
 }
 # The scores each task reports; the config's `metric` must be one of them (the first is the default).
 METRICS = {
     "text_classification": ("micro_f1", "macro_f1"),
     "ner": ("entity_f1", "entity_precision", "entity_recall", "token_micro_f1", "token_macro_f1"),
+    "qa": ("f1", "exact_match"),
 }
 
 
@@ -70,8 +72,13 @@ class Task:
         ``unbatch(outputs, batch)`` (see ``recycling.heads``)."""
         raise NotImplementedError
 
+    def predict(self, data, split: str, features: Features, outputs: list) -> Any:
+        """Decode the head's raw outputs (one per feature, in feature order) into predictions per
+        example: label names, tag sequences, or ``{question id: answer}``."""
+        raise NotImplementedError
+
     def score(self, data, split: str, features: Features, outputs: list) -> dict[str, float]:
-        """Decode the head's raw outputs (one per feature, in feature order) and score them."""
+        """The task's metrics of the decoded predictions against the split's references."""
         raise NotImplementedError
 
     def describe(self, data) -> dict:

@@ -73,7 +73,7 @@ def test_long_sentences_become_windows_and_predictions_stitch_back(tokenizer, tm
                 logits[pos, tag] = 1.0
         outputs.append(logits)
     gold = [s.tags for s in data.splits["test"].sentences]
-    assert task.predict(data, features, outputs) == gold
+    assert task.predict(data, "test", features, outputs) == gold
     assert task.score(data, "test", features, outputs)["entity_f1"] == 1.0
 
 
@@ -97,7 +97,7 @@ def test_each_word_is_read_from_the_window_where_it_is_most_central(tokenizer, t
     outputs = [torch.zeros(len(ids), len(data.tag_names)) for ids in features.input_ids]
     for f, out in enumerate(outputs):
         out[:, f % len(data.tag_names)] = 1.0
-    predicted = task.predict(data, features, outputs)[0]
+    predicted = task.predict(data, "test", features, outputs)[0]
     assert predicted == [data.tag_names[f % len(data.tag_names)] for f in slots.feature[0]]
     assert len(set(slots.feature[0])) == len(spans)  # every window serves some words
 

@@ -47,6 +47,9 @@ class TextClassificationTask(Task):
         return SequenceClassificationHead(encoder.config.hidden_size, len(data.label_names), config.head_dropout,
                                           config.pooling or default_pooling(encoder))
 
+    def predict(self, data: Dataset, split: str, features: Features, outputs: list) -> list[str]:
+        return [data.label_names[int(logits.argmax())] for logits in outputs]
+
     def score(self, data: Dataset, split: str, features: Features, outputs: list) -> dict[str, float]:
         pred = [int(logits.argmax()) for logits in outputs]
         return classification_scores(features.targets["labels"], pred)
