@@ -28,7 +28,7 @@ from recycling.files import write_json
 from recycling.models import build_model, trainable_parameters
 from recycling.results import device_name, git_sha, provenance, rebuild_summary
 from recycling.tasks import Features, Task, get_task
-from recycling.trainer import TrainSettings, evaluate, train
+from recycling.trainer import Evaluation, TrainSettings, evaluate, train
 
 logger = logging.getLogger("recycling.runner")
 
@@ -79,21 +79,32 @@ def cache_of(config: ExperimentConfig, features: dict[str, Features], base, toke
                       device=device)
 
 
-def run_one(mode: str, seed: int, config: ExperimentConfig, task: Task, data, base, splits: dict,
-            features: dict[str, Features], device, where: dict) -> dict:
-    """Train one model and evaluate it; ``splits`` maps train/dev/test to datasets for this mode."""
+def train_model(mode: str, seed: int, config: ExperimentConfig, task: Task, data, base, splits: dict,
+                features: dict[str, Features], device):
+    """A fresh model for ``mode`` trained on ``splits["train"]`` (datasets for this mode), the epoch
+    kept chosen on ``splits["dev"]``; returns ``(model, history)``."""
     model = build_model(mode, base, config.cut_layer, lambda: task.head(data, base, config),
                         config.adapter_size, seed).to(device)
     settings = TrainSettings(config.learning_rate[mode], config.max_epochs, config.patience, config.warmup_steps,
                              config.warmup_ratio, config.weight_decay, config.grad_accum_steps)
     train_loader = make_loader(splits["train"], config.batch_size, True, seed, config.group_by_length)
     dev_loader = make_loader(splits["dev"], config.eval_batch_size, False, seed, config.group_by_length)
-    test_loader = make_loader(splits["test"], config.eval_batch_size, False, seed, config.group_by_length)
     dev_score = None
     if config.select_on == "dev_metric":
         dev_score = lambda ev: task.score(data, "dev", features["dev"], ev.outputs)[config.metric]  # noqa: E731
-    history = train(model, train_loader, dev_loader, settings, device, dev_score)
-    dev, test = evaluate(model, dev_loader, device), evaluate(model, test_loader, device)
+    return model, train(model, train_loader, dev_loader, settings, device, dev_score)
+
+
+def evaluate_split(model, split: str, config: ExperimentConfig, splits: dict, device) -> Evaluation:
+    return evaluate(model, make_loader(splits[split], config.eval_batch_size, False,
+                                       group_by_length=config.group_by_length), device)
+
+
+def run_one(mode: str, seed: int, config: ExperimentConfig, task: Task, data, base, splits: dict,
+            features: dict[str, Features], device, where: dict) -> dict:
+    """Train one model and evaluate it; ``splits`` maps train/dev/test to datasets for this mode."""
+    model, history = train_model(mode, seed, config, task, data, base, splits, features, device)
+    dev, test = (evaluate_split(model, s, config, splits, device) for s in ("dev", "test"))
     return {
         "seed": seed,
         "trainable_parameters": sum(p.numel() for p in trainable_parameters(model)),

@@ -72,3 +72,38 @@ def write_toy_ner(data_dir: Path, name: str = "toy", long_words: int = 0) -> Pat
     write_conll(folder / "dev.txt", [sentence(i) for i in range(100, 108)])
     write_conll(folder / "test.txt", [sentence(i) for i in range(200, 208)] + extra)
     return folder
+
+
+def write_squad(path: Path, articles: list[list[tuple[str, list[tuple[str, str]]]]]) -> Path:
+    """SQuAD v1.1 JSON: articles of paragraphs ``(context, [(question, answer), ...])``; each answer's
+    start is its first occurrence in the context; ids are ``q<article>_<paragraph>_<question>``."""
+    data = []
+    for a, paragraphs in enumerate(articles):
+        entry = {"title": f"article {a}", "paragraphs": []}
+        for p, (context, questions) in enumerate(paragraphs):
+            qas = [{"id": f"q{a}_{p}_{q}", "question": question,
+                    "answers": [{"text": answer, "answer_start": context.index(answer)}]}
+                   for q, (question, answer) in enumerate(questions)]
+            entry["paragraphs"].append({"context": context, "qas": qas})
+        data.append(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": "1.1", "data": data}))
+    return path
+
+
+def write_toy_squad(folder: Path, n_articles: int = 6) -> Path:
+    """Colour questions: the answer is the word after "is"; contexts long enough for several windows."""
+    colours = ["red", "blue", "green", "black", "white", "pink"]
+    things = ["car", "sky", "tree", "cat", "house", "boat"]
+    articles = []
+    for a in range(n_articles):
+        paragraphs = []
+        for p in range(2):
+            t, c = things[(a + p) % 6], colours[(a + 2 * p) % 6]
+            filler = " ".join(["some words here"] * (3 + a % 3))
+            context = f"{filler}. the {t} is {c}. {filler} and more text follows."
+            paragraphs.append((context, [(f"what colour is the {t}?", c), (f"which thing is {c}?", t)]))
+        articles.append(paragraphs)
+    write_squad(folder / "train-v1.1.json", articles)
+    write_squad(folder / "dev-v1.1.json", articles[:3])
+    return folder
