@@ -174,3 +174,21 @@ def test_command_line_builds_then_reuses(tiny):
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: cache at")
     assert "Traceback" not in bad.stderr
+
+
+def test_cache_with_segment_ids_reproduces_the_full_model(tiny):
+    """QA features carry token type ids (question 0, context 1): the cache must be built with them."""
+    rows = tiny["ids"]["dev"]
+    types = [[0] * (len(r) // 2) + [1] * (len(r) - len(r) // 2) for r in rows]
+    cache = build_cache(tiny["root"] / "seg", tiny["path"], tiny["model"], 2,
+                        {"dev": CacheInput(rows, types)}, dtype="float32", batch_size=3)
+    upper = encoders.upper_part(encoders.load_encoder(tiny["path"])[0], 2).eval()
+    for i in (0, 7):
+        ids, segments = torch.tensor([rows[i]]), torch.tensor([types[i]])
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            full = tiny["model"].eval()(input_ids=ids, attention_mask=mask, token_type_ids=segments).last_hidden_state
+            plain = tiny["model"](input_ids=ids, attention_mask=mask).last_hidden_state
+            out = encoders.run_upper(upper, cache.split("dev")[i].float()[None], mask)
+        assert (full - out).abs().max().item() <= 1e-5
+        assert (plain - out).abs().max().item() > 1e-4  # the segments matter, so the test can fail
