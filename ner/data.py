@@ -10,13 +10,13 @@ naming the file and, where one is concerned, the line.
 from __future__ import annotations
 
 import codecs
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from recycling.config import split_limit
 from recycling.errors import UserError
+from recycling.files import dataset_dir
 
 SPLITS = ("train", "dev", "test")
 
@@ -136,27 +136,13 @@ def read_conll(path: Path) -> NerSplit:
     return NerSplit(path, sentences)
 
 
-def dataset_dir(data_dir: str | Path, name: str) -> Path:
-    """The dataset's folder; ``name`` must not reach outside ``<data_dir>/ner``."""
-    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
-    if name in ("", ".", "..") or any(sep in name for sep in separators):
-        raise UserError(f"invalid dataset name '{name}': expected a plain folder name such as NCBI-disease")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise UserError(f"data directory not found: {root} (set --data-dir or ER_DATA_DIR)")
-    folder = root / "ner" / name
-    if not folder.is_dir():
-        raise UserError(f"dataset '{name}' not found: no folder {folder}")
-    return folder
-
-
 def _tag_order(tag: str) -> tuple[bool, str]:
     return tag != "O", tag
 
 
 def load_dataset(data_dir: str | Path, name: str) -> NerDataset:
     """Read all three splits; dev/test may only use tags that train has (a tagger can't predict others)."""
-    folder = dataset_dir(data_dir, name)
+    folder = dataset_dir(data_dir, "ner", name)
     splits = {s: read_conll(folder / f"{s}.txt") for s in SPLITS}
     tag_names = sorted({t for sent in splits["train"].sentences for t in sent.tags}, key=_tag_order)
     known = set(tag_names)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from recycling.config import split_limit
 from recycling.errors import UserError
+from recycling.files import check_plain_name, dataset_dir
 
 logger = logging.getLogger(__name__)
 
@@ -196,32 +196,13 @@ def hold_out(split: QaSplit, fraction: float, seed: int = 0) -> tuple[QaSplit, Q
     return QaSplit(split.path, train), QaSplit(split.path, dev)
 
 
-def _check_plain_name(value: str, what: str) -> None:
-    """Names come from configs and command lines: refuse anything that could leave the dataset folder."""
-    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
-    if value in ("", ".", "..") or any(sep in value for sep in separators):
-        raise UserError(f"invalid {what} '{value}': expected a plain name, not a path")
-
-
-def dataset_dir(data_dir: str | Path, name: str) -> Path:
-    """The dataset's folder ``<data_dir>/qa/<name>``, which must exist."""
-    _check_plain_name(name, "dataset name")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise UserError(f"data directory not found: {root} (set --data-dir or ER_DATA_DIR)")
-    folder = root / "qa" / name
-    if not folder.is_dir():
-        raise UserError(f"dataset '{name}' not found: no folder {folder}")
-    return folder
-
-
 def load_dataset(data_dir: str | Path, name: str, train_file: str, dev_file: str | None, test_file: str,
                  dev_fraction: float) -> QaDataset:
     """Read train and test, and dev from ``dev_file`` or, without one, held out from train's articles."""
     for value, what in ((train_file, "train_file"), (dev_file, "dev_file"), (test_file, "test_file")):
         if value is not None:
-            _check_plain_name(value, what)
-    folder = dataset_dir(data_dir, name)
+            check_plain_name(value, what)
+    folder = dataset_dir(data_dir, "qa", name)
     train = read_squad(folder / train_file)
     if dev_file is None:
         train, dev = hold_out(train, dev_fraction)

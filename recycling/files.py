@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from recycling.errors import UserError
+
 
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
@@ -26,3 +28,22 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def check_plain_name(value: str, what: str) -> None:
+    """Names come from configs and command lines: refuse anything that could leave its folder."""
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if value in ("", ".", "..") or any(sep in value for sep in separators):
+        raise UserError(f"invalid {what} '{value}': expected a plain name, not a path")
+
+
+def dataset_dir(data_dir: str | Path, task: str, name: str) -> Path:
+    """The folder ``<data_dir>/<task>/<name>`` of a dataset, which must exist."""
+    check_plain_name(name, "dataset name")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"data directory not found: {root} (set --data-dir or ER_DATA_DIR)")
+    folder = root / task / name
+    if not folder.is_dir():
+        raise UserError(f"dataset '{name}' not found: no folder {folder}")
+    return folder

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from recycling.config import split_limit
 from recycling.errors import UserError
+from recycling.files import dataset_dir
 
 SPLITS = ("train", "dev", "test")
 
@@ -46,18 +47,6 @@ class Dataset:
         return [index[label] for label in self.splits[split].labels]
 
 
-def dataset_dir(data_dir: str | Path, name: str) -> Path:
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise UserError(f"dataset must be a folder name, not a path: '{name}'")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise UserError(f"data directory not found: {root} (set --data-dir or ER_DATA_DIR)")
-    folder = root / "text_classification" / name
-    if not folder.is_dir():
-        raise UserError(f"dataset '{name}' not found: no folder {folder}")
-    return folder
-
-
 def read_split(path: Path, text_field: str = "text", label_field: str = "label") -> Split:
     if not path.is_file():
         raise UserError(f"missing data file: {path}")
@@ -88,7 +77,7 @@ def read_split(path: Path, text_field: str = "text", label_field: str = "label")
 
 def load_dataset(data_dir: str | Path, name: str, text_field: str = "text",
                  label_field: str = "label") -> Dataset:
-    folder = dataset_dir(data_dir, name)
+    folder = dataset_dir(data_dir, "text_classification", name)
     splits = {s: read_split(folder / f"{s}.txt", text_field, label_field) for s in SPLITS}
     label_names = sorted(set(splits["train"].labels))
     known = set(label_names)
