@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from qa.data import QaDataset, load_dataset
@@ -27,7 +28,9 @@ class QaMeta:
     """Decode-only metadata of a split's features."""
 
     example: list[int]  # feature -> index of its question in the split
-    offsets: list[list[tuple[int, int] | None]]  # feature -> per token, its context characters (None: not context)
+    # feature -> [tokens, 2] int32: each token's context characters [start, end), -1 where not context
+    # (arrays, not tuples: SQuAD's dev set alone has about four million tokens)
+    offsets: list[np.ndarray]
     n_best: int
     max_answer_length: int
 
@@ -48,15 +51,20 @@ def answer_positions(offsets: list[tuple[int, int] | None], start_char: int, end
     return start, end
 
 
-def best_span(logits: torch.Tensor, offsets: list, n_best: int, max_answer_length: int):
-    """``(score, start, end)`` of the best valid span of one window, or None."""
-    k = min(n_best, logits.shape[0])
-    starts = torch.topk(logits[:, 0], k).indices.tolist()
-    ends = torch.topk(logits[:, 1], k).indices.tolist()
+def best_span(logits: torch.Tensor, offsets: np.ndarray, n_best: int, max_answer_length: int):
+    """``(score, start, end)`` of the best valid span of one window, or None.
+
+    Candidates are the ``n_best`` highest start and end logits among the context tokens."""
+    in_context = torch.from_numpy(offsets[:, 0] >= 0)
+    k = min(n_best, int(in_context.sum()))
+    if k == 0:
+        return None
+    starts = torch.topk(logits[:, 0].masked_fill(~in_context, -torch.inf), k).indices.tolist()
+    ends = torch.topk(logits[:, 1].masked_fill(~in_context, -torch.inf), k).indices.tolist()
     best = None
     for s in starts:
         for e in ends:
-            if offsets[s] is None or offsets[e] is None or e < s or e - s + 1 > max_answer_length:
+            if e < s or e - s + 1 > max_answer_length:
                 continue
             score = float(logits[s, 0] + logits[e, 1])
             if best is None or score > best[0]:
@@ -94,7 +102,7 @@ class QaTask(Task):
             starts.append(start)
             ends.append(end)
             meta.example.append(example_index)
-            meta.offsets.append(offsets)
+            meta.offsets.append(np.array([span or (-1, -1) for span in offsets], dtype=np.int32))
         return Features(list(enc["input_ids"]), {"start_positions": starts, "end_positions": ends},
                         token_type_ids=list(enc["token_type_ids"]) if use_types else None, meta=meta,
                         sources=[data.splits[split].path])
@@ -118,7 +126,7 @@ class QaTask(Task):
                 answers[example.id] = ""
                 continue
             _, s, e, f = best[i]
-            answers[example.id] = example.context[meta.offsets[f][s][0]:meta.offsets[f][e][1]]
+            answers[example.id] = example.context[meta.offsets[f][s, 0]:meta.offsets[f][e, 1]]
         return answers
 
     def score(self, data: QaDataset, split: str, features: Features, outputs: list) -> dict[str, float]:

@@ -181,7 +181,7 @@ def test_minilm_cpu_files():
     lrs, _ = csv_rows("within_model_semifrozen.csv")
     config, sources = load_config(QA / "minilm_l6_squad.yaml")
     assert (config.model, config.cut_layer, config.dataset) == ("offline:all-MiniLM-L6-v2", 2, "squad")
-    assert (config.max_epochs, config.patience, config.max_length) == (2, 1, 384)
+    assert (config.max_epochs, config.patience, config.max_length, config.warmup_ratio) == (1, 1, 384, 0.1)
     assert config.seeds == [0] and config.modes == ALL_MODES
     assert config.max_examples == {"train": 10000, "dev": 1000}  # test (official dev) is whole
     row = lrs["SQuAD"]

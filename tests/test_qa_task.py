@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,7 +52,7 @@ def test_features_map_answers_to_tokens_and_back_to_the_exact_text(tokenizer, da
         example = data.splits["test"].examples[meta.example[f]]
         if (s, e) == (0, 0):  # this window does not hold the whole answer
             continue
-        assert example.context[meta.offsets[f][s][0]:meta.offsets[f][e][1]] == example.answers[0]
+        assert example.context[meta.offsets[f][s, 0]:meta.offsets[f][e, 1]] == example.answers[0]
         found.add(example.id)
     assert found == {e.id for e in data.splits["test"].examples}
     # consecutive windows of one question share `window_stride` tokens of context
@@ -75,7 +76,7 @@ def test_decoding_returns_the_gold_span_when_the_logits_point_at_it(tokenizer, d
 
 
 def test_decoding_respects_the_length_limit_and_the_context():
-    offsets = [None, None, (0, 1), (2, 3), (4, 5), (6, 7), None]  # [CLS] q [ctx x4] [SEP]
+    offsets = np.array([(-1, -1), (-1, -1), (0, 1), (2, 3), (4, 5), (6, 7), (-1, -1)])  # [CLS] q [ctx x4] [SEP]
     logits = torch.zeros(7, 2)
     logits[0, 0] = logits[0, 1] = 50.0  # the first token is not context
     logits[2, 0], logits[3, 0], logits[4, 1], logits[5, 1] = 9.0, 6.0, 5.0, 6.0
@@ -84,7 +85,7 @@ def test_decoding_respects_the_length_limit_and_the_context():
     assert best_span(logits, offsets, n_best=7, max_answer_length=2)[1:] == (3, 4)  # 11 beats (2, 3): 9
     logits[5, 0] = 20.0  # a start after every good end is never paired with it
     assert best_span(logits, offsets, n_best=7, max_answer_length=4)[1:] == (5, 5)
-    assert best_span(torch.zeros(3, 2), [None, None, None], 3, 30) is None
+    assert best_span(torch.zeros(3, 2), np.full((3, 2), -1), 3, 30) is None
 
 
 def test_answer_positions_in_and_out_of_the_window():
