@@ -126,7 +126,7 @@ class NerTask(Task):
             logger.warning("%s: %d words longer than a whole window were cut to %d tokens", split, truncated, budget)
         if silent:
             logger.warning("%s: %d words have no token at all; they are predicted as O", split, silent)
-        return Features(input_ids, {"labels": labels}, meta=slots, sources=[data.splits[split].path])
+        return Features(input_ids, {"labels": labels}, meta=slots)
 
     def head(self, data: NerDataset, encoder, config) -> TokenClassificationHead:
         return TokenClassificationHead(encoder.config.hidden_size, len(data.tag_names), config.head_dropout)

@@ -104,8 +104,7 @@ class QaTask(Task):
             meta.example.append(example_index)
             meta.offsets.append(np.array([span or (-1, -1) for span in offsets], dtype=np.int32))
         return Features(list(enc["input_ids"]), {"start_positions": starts, "end_positions": ends},
-                        token_type_ids=list(enc["token_type_ids"]) if use_types else None, meta=meta,
-                        sources=[data.splits[split].path])
+                        token_type_ids=list(enc["token_type_ids"]) if use_types else None, meta=meta)
 
     def head(self, data: QaDataset, encoder, config) -> SpanHead:
         return SpanHead(encoder.config.hidden_size)

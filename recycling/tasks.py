@@ -9,7 +9,7 @@ else (cache, modes, trainer, results) is the runner's and is the same for every 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class Features:
     targets: dict[str, list]
     token_type_ids: list[list[int]] | None = None
     meta: Any = None
-    sources: list[Path] = field(default_factory=list)  # data files the split was read from
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -41,7 +41,7 @@ class TextClassificationTask(Task):
         if truncated:
             logger.warning("%s: %d texts are longer than max_length=%d tokens and were truncated",
                            split, truncated, config.max_length)
-        return Features(ids, {"labels": data.label_ids(split)}, sources=[data.splits[split].path])
+        return Features(ids, {"labels": data.label_ids(split)})
 
     def head(self, data: Dataset, encoder, config) -> SequenceClassificationHead:
         return SequenceClassificationHead(encoder.config.hidden_size, len(data.label_names), config.head_dropout,
