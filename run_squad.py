@@ -28,7 +28,7 @@ from recycling import runner, saved
 from recycling.batches import FeatureDataset
 from recycling.config import CACHED_MODES, load_config
 from recycling.encoders import load_encoder
-from recycling.errors import UserError
+from recycling.errors import UserError, exit_code
 from recycling.files import write_json
 from recycling.results import device_name, git_sha
 from recycling.tasks import get_task
@@ -55,25 +55,25 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def settings(args):
-    """The run's config: the YAML, then these flags, then --set."""
+    """The run's config (the YAML, then these flags, then --set), or a saved model's info and config."""
     if args.eval_only:
         if not args.load:
             raise UserError("--eval-only needs --load FOLDER")
-        return saved.read_info(args.load)[1]
+        return saved.read_info(args.load)
     missing = [flag for flag, value in (("--train-file", args.train_file), ("--model", args.model),
                                         ("--cut-layer", args.cut_layer)) if value is None]
     if missing:
         raise UserError(f"training needs {', '.join(missing)}")
     flags = [f"dataset={Path(args.train_file).stem}", f"model={args.model}", f"cut_layer={args.cut_layer}",
              "task=qa", f"modes=[{args.mode}]", f"seeds=[{args.seed}]"]
-    return load_config(args.config, flags + args.set)[0]
+    return None, load_config(args.config, flags + args.set)[0]
 
 
 def run(args) -> dict:
-    config = settings(args)
+    info, config = settings(args)
     task = get_task("qa")
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    mode = saved.read_info(args.load)[0]["mode"] if args.eval_only else config.modes[0]
+    mode = info["mode"] if args.eval_only else config.modes[0]
     splits = {"test": read_squad(Path(args.eval_file))}
     if not args.eval_only:
         splits["train"], splits["dev"] = hold_out(read_squad(Path(args.train_file)), config.dev_fraction)
@@ -95,7 +95,6 @@ def run(args) -> dict:
               "examples": {s: len(split.examples) for s, split in data.splits.items()},
               "features": {s: len(f) for s, f in features.items()}}
     if args.eval_only:
-        info = saved.read_info(args.load)[0]
         if mode in CACHED_MODES and info["lower_weights_sha256"] != lower_sha:
             raise UserError(f"{args.load} was trained on the cache of another lower part "
                             f"({info['lower_weights_sha256']}); this encoder's is {lower_sha}")
@@ -120,12 +119,7 @@ def run(args) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        run(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qa.triviaqa import SOURCE_SPLITS, prepare
-from recycling.errors import UserError
+from recycling.errors import UserError, exit_code
 
 logger = logging.getLogger("prepare_triviaqa")
 
@@ -80,14 +80,12 @@ def hub_records() -> Mapping[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    def convert():
         records = local_records(args.from_json_dir) if args.from_json_dir else hub_records()
         prepare(records, args.out, max_context_chars=args.max_context_chars, seed=args.seed)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(args.out)
-    return 0
+        print(args.out)
+
+    return exit_code(convert)
 
 
 if __name__ == "__main__":

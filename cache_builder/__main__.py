@@ -17,7 +17,7 @@ import os
 import sys
 
 from cache_builder.store import DTYPES
-from recycling.errors import UserError
+from recycling.errors import UserError, exit_code
 from recycling.tasks import METRICS
 
 
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     from recycling.runner import cache_of, load_features
     from recycling.tasks import get_task
 
-    try:
+    def build():
         config = config_of(args)
         if not args.data_dir:
             raise UserError("no data directory: pass --data-dir or set ER_DATA_DIR")
@@ -73,13 +73,9 @@ def main(argv=None) -> int:
         data = task.load(args.data_dir, config)
         model, tokenizer = load_encoder(config.model)
         features = load_features(task, data, tokenizer, config)
-        device = config.device or None
-        cache = cache_of(config, features, model, tokenizer, args.cache_root, device)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(cache.path)
-    return 0
+        print(cache_of(config, features, model, tokenizer, args.cache_root, config.device).path)
+
+    return exit_code(build)
 
 
 if __name__ == "__main__":

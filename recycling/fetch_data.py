@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from recycling.errors import UserError
+from recycling.errors import UserError, exit_code
 from recycling.files import file_sha256
 
 logger = logging.getLogger("recycling.fetch_data")
@@ -123,13 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        out = fetch(args.out, args.base_url, args.only)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
+    return exit_code(lambda: print(fetch(args.out, args.base_url, args.only)))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from cache_builder import task_cache
 from recycling.batches import FeatureDataset, make_loader
 from recycling.config import CACHED_MODES, NOT_COMPUTATION, ExperimentConfig, load_config
 from recycling.encoders import load_encoder
-from recycling.errors import UserError
+from recycling.errors import UserError, exit_code
 from recycling.files import write_json
 from recycling.models import build_model, trainable_parameters
 from recycling.results import device_name, git_sha, provenance, rebuild_summary
@@ -50,12 +49,7 @@ def parse_args(description: str, argv=None) -> argparse.Namespace:
 def main(task: str, args: argparse.Namespace) -> int:
     """Run one experiment file of ``task``; bad input is one ``error:`` line and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        run_experiment(task, args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run_experiment(task, args))
 
 
 def experiment_name(config_path: str | Path, task: str) -> str:
