@@ -67,6 +67,7 @@ class CachedSplit:
     def __init__(self, folder: Path, dtype: str):
         self.folder = folder
         self.dtype = dtype
+        self.torch_dtype = DTYPES[dtype]
         self.hidden = np.load(folder / "hidden.npy", mmap_mode="r")
         self.offsets = np.load(folder / "offsets.npy")
 
@@ -77,9 +78,21 @@ class CachedSplit:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    @property
+    def hidden_size(self) -> int:
+        return self.hidden.shape[1]
+
+    def rows(self, i: int) -> np.ndarray:
+        """Feature i as a view of the memmap (no copy; bfloat16 as its raw uint16 bits)."""
+        return self.hidden[self.offsets[i]:self.offsets[i + 1]]
+
+    def as_torch(self, array: np.ndarray) -> torch.Tensor:
+        """A storage-dtype numpy array as a tensor of ``torch_dtype`` (sharing its memory)."""
+        t = torch.from_numpy(array)
+        return t.view(torch.bfloat16) if self.dtype == "bfloat16" else t
+
     def __getitem__(self, i: int) -> torch.Tensor:
-        rows = torch.from_numpy(np.array(self.hidden[self.offsets[i]:self.offsets[i + 1]]))
-        return rows.view(torch.bfloat16) if self.dtype == "bfloat16" else rows
+        return self.as_torch(np.array(self.rows(i)))
 
 
 class ActivationCache:

@@ -3,9 +3,18 @@
 Both are padded per batch to the batch's longest feature, never to ``max_length``; per-token
 targets are padded with ``IGNORE``. Every batch carries ``index``, the features' positions in
 their split, so outputs can be matched with decode-only metadata after a sorted or shuffled pass.
+
+The cached side never leaves its storage dtype on the host: each feature's rows are one contiguous
+slice of the memory-mapped array, copied once into the padded batch. On CUDA the loader pins
+batches so that :func:`to_device` copies them asynchronously, and :func:`prefetch` prepares the
+next batches in a background thread while the current step computes.
 """
 
 from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -17,7 +26,8 @@ from recycling.tasks import Features
 
 
 class FeatureDataset(Dataset):
-    """One split's features for one mode: token ids (``cached=None``) or the cached hidden states."""
+    """One split's features for one mode: token ids (``cached=None``) or the cached hidden states
+    (a :class:`cache_builder.CachedSplit`)."""
 
     def __init__(self, features: Features, pad_id: int, cached=None):
         if cached is not None and len(cached) != len(features):
@@ -34,7 +44,7 @@ class FeatureDataset(Dataset):
         f = self.features
         item = {"index": i, **{key: values[i] for key, values in f.targets.items()}}
         if self.cached is not None:
-            item["hidden"] = self.cached[i]
+            item["hidden"] = self.cached.rows(i)  # a memmap view: read when the batch is filled
         else:
             item["input_ids"] = f.input_ids[i]
             if f.token_type_ids is not None:
@@ -50,10 +60,10 @@ class FeatureDataset(Dataset):
                 continue
             values = [item[key] for item in items]
             if key == "hidden":
-                hidden = torch.zeros(len(items), width, values[0].shape[1], dtype=values[0].dtype)
+                hidden = np.zeros((len(items), width, values[0].shape[1]), dtype=values[0].dtype)
                 for row, h in enumerate(values):
                     hidden[row, : h.shape[0]] = h
-                batch[key] = hidden
+                batch[key] = self.cached.as_torch(hidden)
             elif key == "input_ids":
                 batch[key] = _pad(values, width, self.pad_id)
             elif isinstance(values[0], (list, np.ndarray)):  # token type ids, per-token targets
@@ -77,13 +87,14 @@ def pad_ids(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def make_loader(dataset: FeatureDataset, batch_size: int, shuffle: bool, seed: int = 0,
-                group_by_length: bool = True) -> DataLoader:
+                group_by_length: bool = True, pin_memory: bool = False) -> DataLoader:
     """A loader padding per batch.
 
     Shuffled loaders draw a new order every epoch from a generator seeded once per run; with
     ``group_by_length`` each batch holds features of similar length (transformers'
     ``LengthGroupedSampler``), which cuts padding for the text and the cached side alike.
     Unshuffled (evaluation) loaders go through the features from longest to shortest.
+    ``pin_memory`` (for CUDA) makes the host-to-device copies asynchronous.
     """
     sizes = dataset.lengths
     if shuffle:
@@ -94,8 +105,56 @@ def make_loader(dataset: FeatureDataset, batch_size: int, shuffle: bool, seed: i
             sampler = RandomSampler(dataset, generator=generator)
     else:
         sampler = sorted(range(len(sizes)), key=lambda i: -sizes[i]) if group_by_length else None
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=dataset.collate)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=dataset.collate,
+                      pin_memory=pin_memory)
 
 
 def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """Asynchronous from pinned memory; ``index`` stays on the host, where outputs are matched."""
+    return {k: v if k == "index" else v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def prefetch(batches: Iterable[dict], depth: int) -> Iterator[dict]:
+    """Yield ``batches`` while a background thread prepares up to ``depth`` ahead (0: inline).
+
+    Reading the memmap, padding and pinning then overlap the step that computes; torch's kernels
+    release the GIL, so a thread suffices and the memmap needs no pickling into worker processes.
+    """
+    if depth <= 0:
+        yield from batches
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fill():
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(done)
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            put(err)
+
+    worker = threading.Thread(target=fill, name="prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()  # the consumer stopped early (break, error): let the thread end
+        worker.join()

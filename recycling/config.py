@@ -28,7 +28,9 @@ WINDOWED_TASKS = ("ner", "qa")  # tasks that split long texts into windows (wind
 SELECT_ON = ("dev_loss", "dev_metric")
 # Keys that do not change what a finished run computed: a result file whose runs differ from the
 # current config only in these can be resumed and extended.
-NOT_COMPUTATION = ("seeds", "modes", "cache_dir", "cache_batch_size", "eval_batch_size", "device")
+NOT_COMPUTATION = ("seeds", "modes", "cache_dir", "cache_batch_size", "eval_batch_size", "device", "compile",
+                   "prefetch_batches")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -72,6 +74,9 @@ class ExperimentConfig:
     head_dropout: float = 0.1
     pooling: typing.Optional[str] = None  # cls | mean (sequence heads); default cls, mean for T5
     device: typing.Optional[str] = None  # default: cuda if available, else cpu
+    precision: str = "fp32"  # fp32 | bf16: autocast to bfloat16 (for GPUs; the cache dtype is separate)
+    compile: bool = False  # torch.compile the model (dynamic shapes): speed only, same computation
+    prefetch_batches: int = 2  # batches prepared ahead in a background thread (0: none)
 
     def validate(self, sources: dict[str, str] | None = None) -> None:
         """Check values that types alone cannot; errors name the file each key came from."""
@@ -99,6 +104,10 @@ class ExperimentConfig:
             raise bad("select_on", f"must be one of {', '.join(SELECT_ON)}, got '{self.select_on}'")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if self.prefetch_batches < 0:
+            raise bad("prefetch_batches", f"must be at least 0, got {self.prefetch_batches}")
         if self.cache_dtype not in ("float16", "bfloat16", "float32"):
             raise bad("cache_dtype", f"must be float16, bfloat16 or float32, got '{self.cache_dtype}'")
         if not self.seeds:

@@ -64,12 +64,13 @@ class TokenClassificationHead(nn.Module):
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.out(self.dropout(hidden))
 
-    def loss(self, logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, int]:
+    def loss(self, logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         labels = batch["labels"]
         total = cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
                               reduction="sum")
         # A batch of windows without any labelled token still needs a well-defined (zero) mean.
-        return total, max(int((labels != IGNORE).sum()), 1)
+        # On the device: reading the count on the host would make every step wait for the device.
+        return total, (labels != IGNORE).sum().clamp(min=1)
 
     def unbatch(self, logits: torch.Tensor, batch: dict) -> list[torch.Tensor]:
         rows = logits.float().cpu()

@@ -79,10 +79,14 @@ def train_model(mode: str, seed: int, config: ExperimentConfig, task: Task, data
     kept chosen on ``splits["dev"]``; returns ``(model, history)``."""
     model = build_model(mode, base, config.cut_layer, lambda: task.head(data, base, config),
                         config.adapter_size, seed).to(device)
+    if config.compile:
+        model.compile(dynamic=True)  # in place: parameter names, and so saved models, are unchanged
     settings = TrainSettings(config.learning_rate[mode], config.max_epochs, config.patience, config.warmup_steps,
-                             config.warmup_ratio, config.weight_decay, config.grad_accum_steps)
-    train_loader = make_loader(splits["train"], config.batch_size, True, seed, config.group_by_length)
-    dev_loader = make_loader(splits["dev"], config.eval_batch_size, False, seed, config.group_by_length)
+                             config.warmup_ratio, config.weight_decay, config.grad_accum_steps, config.precision,
+                             config.prefetch_batches)
+    pin = torch.device(device).type == "cuda"
+    train_loader = make_loader(splits["train"], config.batch_size, True, seed, config.group_by_length, pin)
+    dev_loader = make_loader(splits["dev"], config.eval_batch_size, False, seed, config.group_by_length, pin)
     dev_score = None
     if config.select_on == "dev_metric":
         dev_score = lambda ev: task.score(data, "dev", features["dev"], ev.outputs)[config.metric]  # noqa: E731
@@ -90,8 +94,9 @@ def train_model(mode: str, seed: int, config: ExperimentConfig, task: Task, data
 
 
 def evaluate_split(model, split: str, config: ExperimentConfig, splits: dict, device) -> Evaluation:
-    return evaluate(model, make_loader(splits[split], config.eval_batch_size, False,
-                                       group_by_length=config.group_by_length), device)
+    loader = make_loader(splits[split], config.eval_batch_size, False, group_by_length=config.group_by_length,
+                         pin_memory=torch.device(device).type == "cuda")
+    return evaluate(model, loader, device, config.precision, config.prefetch_batches)
 
 
 def run_one(mode: str, seed: int, config: ExperimentConfig, task: Task, data, base, splits: dict,

@@ -2,6 +2,9 @@
 
 Dev and test are only ever run under ``torch.inference_mode``: no gradient can reach the weights
 from them (the original code called ``backward`` in its validation loop).
+
+The loop never waits for the device within an epoch: losses are summed on the device and read once
+at its end, and batches are prepared ahead in a background thread (``prefetch_batches``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from recycling.batches import to_device
+from recycling.batches import prefetch, to_device
+from recycling.config import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +29,14 @@ logger = logging.getLogger(__name__)
 def synchronize(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def autocast(device, precision: str):
+    """bf16 autocast (matmuls in bfloat16, reductions and the loss in float32) or plain float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                          enabled=precision == "bf16")
 
 
 @dataclass
@@ -36,6 +48,8 @@ class TrainSettings:
     warmup_ratio: float | None = None  # when set, replaces warmup_steps
     weight_decay: float = 0.0
     grad_accum_steps: int = 1
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    prefetch_batches: int = 2  # batches prepared ahead in a background thread (0: none)
 
     def warmup(self, total_steps: int) -> int:
         if self.warmup_ratio is None:
@@ -59,23 +73,22 @@ class Evaluation:
     seconds: float
 
 
-def evaluate(model: nn.Module, loader, device) -> Evaluation:
+def evaluate(model: nn.Module, loader, device, precision: str = "fp32", prefetch_batches: int = 2) -> Evaluation:
     """Raw outputs and mean loss over a split; timed including the device sync."""
     model.eval()
     outputs, total, n = [None] * len(loader.dataset), 0.0, 0
     synchronize(device)
     start = time.perf_counter()
-    with torch.inference_mode():
-        for batch in loader:
+    with torch.inference_mode(), autocast(device, precision):
+        for batch in prefetch(loader, prefetch_batches):
             batch = to_device(batch, device)
             out = model(batch)
             loss_sum, count = model.loss(out, batch)
-            total += loss_sum.item()
-            n += count
+            total, n = total + loss_sum, n + count
             for i, row in zip(batch["index"].tolist(), model.unbatch(out, batch)):
                 outputs[i] = row
     synchronize(device)
-    return Evaluation(outputs, total / max(n, 1), time.perf_counter() - start)
+    return Evaluation(outputs, float(total) / max(float(n), 1), time.perf_counter() - start)
 
 
 def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, device,
@@ -98,15 +111,17 @@ def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, d
     for epoch in range(1, settings.max_epochs + 1):
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        running, seen = 0.0, 0
+        running, seen = 0.0, 0  # device tensors once the first step adds to them
         synchronize(device)
         start = time.perf_counter()
-        for i, batch in enumerate(tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=None)):
+        batches = prefetch(train_loader, settings.prefetch_batches)
+        for i, batch in enumerate(tqdm(batches, total=len(train_loader), desc=f"epoch {epoch}", leave=False,
+                                       disable=None)):
             batch = to_device(batch, device)
-            loss_sum, count = model.loss(model(batch), batch)
+            with autocast(device, settings.precision):
+                loss_sum, count = model.loss(model(batch), batch)
             (loss_sum / count / settings.grad_accum_steps).backward()
-            running += loss_sum.item()
-            seen += count
+            running, seen = running + loss_sum.detach(), seen + count
             if (i + 1) % settings.grad_accum_steps == 0 or i + 1 == len(train_loader):
                 optimizer.step()
                 scheduler.step()
@@ -114,8 +129,8 @@ def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, d
                 history.optimizer_steps += 1
         synchronize(device)
         seconds = time.perf_counter() - start
-        dev = evaluate(model, dev_loader, device)
-        record = {"epoch": epoch, "train_loss": running / max(seen, 1), "dev_loss": dev.loss,
+        dev = evaluate(model, dev_loader, device, settings.precision, settings.prefetch_batches)
+        record = {"epoch": epoch, "train_loss": float(running) / max(float(seen), 1), "dev_loss": dev.loss,
                   "train_seconds": seconds}
         score = -dev.loss
         if dev_score is not None:

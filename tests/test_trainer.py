@@ -1,13 +1,15 @@
 import math
+import threading
 
 import pytest
 import torch
 from torch import nn
 
-from recycling.batches import FeatureDataset, make_loader
+from cache_builder.store import CachedSplit, SplitWriter
+from recycling.batches import FeatureDataset, make_loader, prefetch
 from recycling.heads import IGNORE, SequenceClassificationHead, TokenClassificationHead
 from recycling.tasks import Features
-from recycling.trainer import TrainSettings, evaluate, train
+from recycling.trainer import TrainSettings, autocast, evaluate, train
 
 
 class Recorder(nn.Module):
@@ -153,15 +155,79 @@ def test_batches_are_padded_to_their_own_longest_feature():
     assert [b["index"].tolist() for b in batches] == [[1, 2], [0, 3]]
 
 
-def test_cached_and_per_token_targets_are_padded():
-    hidden = [torch.ones(2, 4, dtype=torch.float16), torch.ones(5, 4, dtype=torch.float16)]
+def _cached_split(tmp_path, rows: list[torch.Tensor], dtype: str) -> CachedSplit:
+    writer = SplitWriter(tmp_path / dtype, [len(r) for r in rows], rows[0].shape[1], dtype)
+    for i, r in enumerate(rows):
+        writer.write(i, r)
+    writer.close()
+    return CachedSplit(tmp_path / dtype, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cached_and_per_token_targets_are_padded(tmp_path, dtype):
+    rows = [torch.randn(2, 4), torch.randn(5, 4)]
     features = Features([[1, 2], [1, 2, 3, 4, 5]], {"labels": [[IGNORE, 3], [IGNORE, 1, IGNORE, 2, IGNORE]]})
-    batch = next(iter(make_loader(FeatureDataset(features, 0, cached=hidden), 2, shuffle=False)))
-    assert batch["hidden"].shape == (2, 5, 4) and batch["hidden"].dtype == torch.float16
+    cached = _cached_split(tmp_path, rows, dtype)
+    batch = next(iter(make_loader(FeatureDataset(features, 0, cached=cached), 2, shuffle=False)))
+    # the storage dtype all the way to the device: the model casts there
+    assert batch["hidden"].shape == (2, 5, 4) and batch["hidden"].dtype == cached.torch_dtype
+    assert torch.equal(batch["hidden"][0], rows[1].to(cached.torch_dtype))
+    assert torch.equal(batch["hidden"][1, :2], rows[0].to(cached.torch_dtype))
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
-    assert batch["hidden"][1, 2:].abs().sum() == 0
+    assert batch["hidden"][1, 2:].float().abs().sum() == 0
     assert batch["labels"].tolist() == [[IGNORE, 1, IGNORE, 2, IGNORE], [IGNORE, 3, IGNORE, IGNORE, IGNORE]]
     assert "input_ids" not in batch
+
+
+def test_prefetch_yields_every_batch_in_order_and_passes_errors_on():
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+    assert list(prefetch(iter(range(5)), depth=0)) == list(range(5))
+
+    def broken():
+        yield 1
+        raise RuntimeError("disk gone")
+
+    got = []
+    with pytest.raises(RuntimeError, match="disk gone"):
+        for x in prefetch(broken(), depth=2):
+            got.append(x)
+    assert got == [1]
+
+
+def test_prefetch_stops_its_thread_when_the_consumer_stops_early():
+    before = threading.active_count()
+    for x in prefetch(iter(range(1000)), depth=2):
+        if x == 3:
+            break
+    assert threading.active_count() == before
+
+
+def test_training_matches_with_and_without_prefetch():
+    def run(depth):
+        torch.manual_seed(0)
+        model = Recorder()
+        settings = TrainSettings(0.1, max_epochs=2, patience=5, warmup_steps=0, prefetch_batches=depth)
+        history = train(model, make_loader(_data(), 4, True), make_loader(_data(8, 1), 4, False), settings, "cpu")
+        return [e["train_loss"] for e in history.epochs], model.emb.weight.detach().clone()
+
+    (losses_a, w_a), (losses_b, w_b) = run(0), run(3)
+    assert losses_a == losses_b and torch.equal(w_a, w_b)
+
+
+def test_bf16_autocast_trains_and_evaluates():
+    linear = nn.Linear(4, 4)
+    with autocast("cpu", "bf16"):
+        assert linear(torch.ones(1, 4)).dtype == torch.bfloat16
+    with autocast("cpu", "fp32"):
+        assert linear(torch.ones(1, 4)).dtype == torch.float32
+    torch.manual_seed(0)
+    model = Recorder()
+    settings = TrainSettings(0.1, max_epochs=1, patience=5, warmup_steps=0, precision="bf16")
+    history = train(model, make_loader(_data(), 4, True), make_loader(_data(8, 1), 4, False), settings, "cpu")
+    assert math.isfinite(history.epochs[0]["train_loss"]) and math.isfinite(history.epochs[0]["dev_loss"])
+    with pytest.raises(ValueError, match="precision"):
+        train(model, make_loader(_data(), 4, True), make_loader(_data(8, 1), 4, False),
+              TrainSettings(0.1, 1, 5, warmup_steps=0, precision="fp8"), "cpu")
 
 
 def test_token_head_loss_counts_only_labelled_tokens():
