@@ -53,7 +53,8 @@ def portable_path(path: str) -> str:
     return resolved.relative_to(ROOT).as_posix() if resolved.is_relative_to(ROOT) else path
 
 
-def provenance(config, sources: dict, device) -> dict:
+def environment(device) -> dict:
+    """Where and with what a result was computed: code, device, Python and package versions, time."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -61,14 +62,20 @@ def provenance(config, sources: dict, device) -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return {
-        "config": dataclasses.asdict(config),
-        "config_sources": {k: v if v == "--set" else portable_path(v) for k, v in sources.items()},
-        "seeds": list(config.seeds),
         "git_sha": git_sha(),  # at the start of this invocation; each run records its own
         "device": device_name(device),
         "python": platform.python_version(),
         "packages": versions,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def provenance(config, sources: dict, device) -> dict:
+    return {
+        "config": dataclasses.asdict(config),
+        "config_sources": {k: v if v == "--set" else portable_path(v) for k, v in sources.items()},
+        "seeds": list(config.seeds),
+        **environment(device),
     }
 
 

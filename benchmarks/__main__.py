@@ -1,0 +1,97 @@
+"""Speed benchmark: every recycled setting against what it replaces, step and epoch level.
+
+    python -m benchmarks --suite cpu --data-dir ../shared/datasets        # ~40 min on 2 cores
+    python -m benchmarks --suite gpu --data-dir DATA                       # the paper's shapes, bf16
+    python -m benchmarks --suite gpu --models roberta deberta              # a subset (name substrings)
+
+Writes ``results/benchmarks/<device>/<model>.json`` (settings, environment, every timing) and
+rebuilds ``results/benchmarks/summary.csv``, ``summary.md`` and ``ratio_vs_seq_len.png``.
+Run it alone on the machine: anything else running makes the ratios meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmarks import report, speed
+from benchmarks.suites import SUITES, Suite
+from recycling import encoders
+from recycling.errors import UserError, exit_code
+from recycling.files import write_json
+from recycling.results import environment
+
+logger = logging.getLogger("benchmarks")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=sorted(SUITES), default="cpu")
+    p.add_argument("--models", nargs="*", default=None, help="only models whose name contains one of these")
+    p.add_argument("--data-dir", default=os.environ.get("ER_DATA_DIR"),
+                   help="datasets for the epoch level (default: $ER_DATA_DIR; without it, step level only)")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--skip-epochs", action="store_true", help="step level only")
+    return p.parse_args(argv)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def run(args: argparse.Namespace, suite: Suite | None = None) -> list[Path]:
+    """Measure every model of ``suite`` (default: the one ``--suite`` names) and write its results."""
+    suite = suite or SUITES[args.suite]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    specs = [m for m in suite.models if not args.models or any(s in m.name for s in args.models)]
+    if not specs:
+        raise UserError(f"no model of suite '{args.suite}' matches {args.models}")
+    env = environment(device)
+    out_dir = Path(args.results_dir) / "benchmarks"
+    written = []
+    for spec in specs:
+        base, tokenizer = speed.load_model(spec)
+        base = base.to(device)
+        layers = encoders.num_layers(base)
+        cut = layers // 2  # the half cut the ideal ratios and the paper's headline use
+        logger.info("%s: %d layers, cut at %d, %s on %s", spec.name, layers, cut, suite.precision, env["device"])
+        result = {
+            "environment": env,
+            "suite": {"name": args.suite, **dataclasses.asdict(suite), "models": None},
+            "model": {"name": spec.name, "weights": spec.weights, "layers": layers, "cut_layer": cut,
+                      "hidden_size": encoders.hidden_size(base),
+                      "parameters": sum(p.numel() for p in base.parameters()), "grid": spec.grid},
+            "step_level": speed.step_level(spec, base, cut, suite, device),
+            "epoch_level": None,
+        }
+        if spec.epoch and args.data_dir and not args.skip_epochs:
+            with tempfile.TemporaryDirectory(prefix="er-bench-cache-") as cache_root:
+                result["epoch_level"] = speed.epoch_level(spec, base, tokenizer, cut, suite, device, args.data_dir,
+                                                          cache_root)
+        path = out_dir / slug(env["device"]) / f"{slug(spec.name)}.json"
+        write_json(path, result)
+        written.append(path)
+        report.rebuild(out_dir)
+        logger.info("wrote %s", path)
+        del base
+        speed.release_memory(device)
+    return written
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    return exit_code(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
