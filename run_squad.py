@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from qa.data import QaDataset, hold_out, read_squad
-from recycling import runner, saved
+from recycling import hostmem, runner, saved
 from recycling.batches import FeatureDataset
 from recycling.config import CACHED_MODES, load_config
 from recycling.encoders import load_encoder
@@ -119,6 +119,7 @@ def run(args) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hostmem.return_freed_memory()
     return exit_code(lambda: run(args))
 
 

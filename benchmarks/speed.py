@@ -15,7 +15,6 @@ for input gradients only F (frozen layers below trained adapters), with L layers
 from __future__ import annotations
 
 import copy
-import ctypes
 import dataclasses
 import gc
 import logging
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from recycling import encoders
+from recycling import encoders, hostmem
 from recycling.batches import FeatureDataset, make_loader, prefetch, to_device
 from recycling.config import MODES, ExperimentConfig
 from recycling.heads import SequenceClassificationHead
@@ -131,10 +130,7 @@ def release_memory(device) -> None:
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc
-        pass
+    hostmem.trim()
 
 
 def memory_in_use(device) -> int:

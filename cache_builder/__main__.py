@@ -61,11 +61,13 @@ def config_of(args: argparse.Namespace):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from recycling import hostmem
     from recycling.encoders import load_encoder
     from recycling.runner import cache_of, load_features
     from recycling.tasks import get_task
 
     def build():
+        hostmem.return_freed_memory()
         config = config_of(args)
         if not args.data_dir:
             raise UserError("no data directory: pass --data-dir or set ER_DATA_DIR")

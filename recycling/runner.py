@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from cache_builder import task_cache
+from recycling import hostmem
 from recycling.batches import FeatureDataset, make_loader
 from recycling.config import CACHED_MODES, NOT_COMPUTATION, ExperimentConfig, load_config
 from recycling.encoders import load_encoder
@@ -49,6 +50,7 @@ def parse_args(description: str, argv=None) -> argparse.Namespace:
 def main(task: str, args: argparse.Namespace) -> int:
     """Run one experiment file of ``task``; bad input is one ``error:`` line and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hostmem.return_freed_memory()
     return exit_code(lambda: run_experiment(task, args))
 
 

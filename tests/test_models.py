@@ -186,3 +186,22 @@ def test_t5_upper_part_keeps_its_output_dropout_but_not_its_input_dropout():
     calls.clear()  # (the recording hook is copied along and still appends here)
     twin(inputs_embeds=hidden, attention_mask=torch.ones(2, 5, dtype=torch.long))
     assert calls == [True, False]
+
+
+@pytest.mark.slow  # inductor compiles C++ kernels: about a minute on 2 cores
+def test_compiled_model_computes_the_same_loss_and_keeps_its_parameter_names():
+    base = tiny_model("bert")
+    ids, mask = random_batch()
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 0])}
+
+    def make():
+        return models.build_model("full", base, 2, lambda: SequenceClassificationHead(32, 2, 0.0), 8, seed=0).eval()
+
+    eager, compiled = make(), make()
+    names = list(compiled.state_dict())
+    compiled.compile(dynamic=True)
+    assert list(compiled.state_dict()) == names  # saved models and best-epoch restores are unchanged
+    with torch.no_grad():
+        expected = eager.loss(eager(batch), batch)[0]
+        got = compiled.loss(compiled(batch), batch)[0]
+    assert torch.allclose(got, expected, atol=1e-5)
