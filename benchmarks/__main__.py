@@ -27,7 +27,7 @@ from benchmarks.suites import SUITES, Suite
 from recycling import encoders, hostmem
 from recycling.errors import UserError, exit_code
 from recycling.files import write_json
-from recycling.results import environment
+from recycling.results import environment, portable_path
 
 logger = logging.getLogger("benchmarks")
 
@@ -41,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results-dir", default="results")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--skip-epochs", action="store_true", help="step level only")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer folder for the epoch level of random-weight (config:) models, e.g. the "
+                        "offline MiniLM's (BERT uncased WordPiece); without it they are measured by step only")
     return p.parse_args(argv)
 
 
@@ -60,6 +63,10 @@ def run(args: argparse.Namespace, suite: Suite | None = None) -> list[Path]:
     written = []
     for spec in specs:
         base, tokenizer = speed.load_model(spec)
+        if tokenizer is None and args.tokenizer:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(encoders.resolve_model(args.tokenizer))
         base = base.to(device)
         layers = encoders.num_layers(base)
         cut = layers // 2  # the half cut the ideal ratios and the paper's headline use
@@ -68,12 +75,13 @@ def run(args: argparse.Namespace, suite: Suite | None = None) -> list[Path]:
             "environment": env,
             "suite": {"name": args.suite, **dataclasses.asdict(suite), "models": None},
             "model": {"name": spec.name, "weights": spec.weights, "layers": layers, "cut_layer": cut,
+                      "tokenizer": None if tokenizer is None else portable_path(tokenizer.name_or_path),
                       "hidden_size": encoders.hidden_size(base),
                       "parameters": sum(p.numel() for p in base.parameters()), "grid": spec.grid},
             "step_level": speed.step_level(spec, base, cut, suite, device),
             "epoch_level": None,
         }
-        if spec.epoch and args.data_dir and not args.skip_epochs:
+        if spec.epoch and tokenizer is not None and args.data_dir and not args.skip_epochs:
             with tempfile.TemporaryDirectory(prefix="er-bench-cache-") as cache_root:
                 result["epoch_level"] = speed.epoch_level(spec, base, tokenizer, cut, suite, device, args.data_dir,
                                                           cache_root)

@@ -64,7 +64,7 @@ def test_peak_rss_sees_an_allocation():
 
 @pytest.mark.parametrize("name, layers, hidden", [
     ("bert-base-uncased", 12, 768), ("roberta-large", 24, 1024), ("deberta-v2-xlarge", 24, 1536),
-    ("t5-large-encoder", 24, 1024)])
+    ("t5-large-encoder", 24, 1024), ("all-MiniLM-L6-v2", 6, 384), ("all-mpnet-base-v2", 12, 768)])
 def test_paper_shapes_are_written_down_and_split(name, layers, hidden):
     config = AutoConfig.from_pretrained(CONFIGS / f"{name}.json")
     assert config.num_hidden_layers == layers and config.hidden_size == hidden
@@ -82,21 +82,28 @@ def test_paper_shapes_are_written_down_and_split(name, layers, hidden):
     assert {s.name for s in SUITES["gpu"].models} >= {f"config:{name}"}
 
 
-def test_the_whole_command_on_a_tiny_model(tmp_path):
+@pytest.mark.parametrize("weights, precision, cache_dtype", [
+    ("pretrained", "fp32", "float16"),  # the CPU suite's path: a saved model with its tokenizer
+    ("random", "bf16", "bfloat16"),  # the GPU suite's path: a config's shape, --tokenizer, bf16
+])
+def test_the_whole_command_on_a_tiny_model(tmp_path, weights, precision, cache_dtype):
     """Step and epoch level, result file with provenance, summary, table and plot."""
     folder = save_tiny_bert(tmp_path / "tiny", layers=4)
     write_toy_dataset(tmp_path / "data", n_train=24)
-    suite = Suite(models=(ModelSpec(str(folder), grid=((16, 4), (32, 4)), epoch=EpochSpec(
+    name = str(folder) if weights == "pretrained" else "config:tiny-bert"
+    suite = Suite(models=(ModelSpec(name, grid=((16, 4), (32, 4)), epoch=EpochSpec(
         dataset="toy", max_examples={"train": 24}, max_length=64, batch_size=8, eval_batch_size=8,
-        epochs_per_experiment=2)),), repeats=2, warmup=1, adapter_size=8)
+        epochs_per_experiment=2)),), repeats=2, warmup=1, adapter_size=8, precision=precision,
+        cache_dtype=cache_dtype)
     args = parse_args(["--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"),
-                       "--device", "cpu"])
+                       "--device", "cpu", "--tokenizer", str(folder)])
     (path,) = run(args, suite)
     result = json.loads(path.read_text())
 
     env = result["environment"]
     assert env["git_sha"] and env["device"].startswith("cpu") and env["packages"]["torch"]
     assert result["model"]["layers"] == 4 and result["model"]["cut_layer"] == 2
+    assert result["model"]["weights"] == weights and result["suite"]["precision"] == precision
     steps = result["step_level"]
     assert {(p["pair"], p["seq_len"]) for p in steps} == {(pair, s) for pair, _, _ in speed.PAIRS for s in (16, 32)}
     for p in steps:
@@ -108,7 +115,8 @@ def test_the_whole_command_on_a_tiny_model(tmp_path):
 
     epoch = result["epoch_level"]
     assert epoch["examples"] == {"train": 24, "dev": 8, "test": 8}
-    assert epoch["cache"]["bytes_per_token"] > 32 * 2  # float16 hidden states of width 32, plus offsets
+    assert epoch["cache"]["bytes_per_token"] > 32 * 2  # 16-bit hidden states of width 32, plus offsets
+    assert epoch["config"]["cache_dtype"] == cache_dtype
     assert set(epoch["settings"]) == {*speed.TRAIN_SETTINGS, "infer_text", "infer_cache"}
     assert set(epoch["profile"]["full"]) == {"data", "to_device", "forward", "backward", "optimizer"}
     assert epoch["amortized"]["epochs_per_experiment"] == 2 and len(epoch["amortized"]["speedup_by_epochs"]) == 10
