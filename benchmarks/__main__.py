@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -41,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results-dir", default="results")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--skip-epochs", action="store_true", help="step level only")
+    p.add_argument("--epochs-only", action="store_true",
+                   help="measure the epoch level again, keeping the step level of the existing result file")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer folder for the epoch level of random-weight (config:) models, e.g. the "
                         "offline MiniLM's (BERT uncased WordPiece); without it they are measured by step only")
@@ -71,6 +74,12 @@ def run(args: argparse.Namespace, suite: Suite | None = None) -> list[Path]:
         layers = encoders.num_layers(base)
         cut = layers // 2  # the half cut the ideal ratios and the paper's headline use
         logger.info("%s: %d layers, cut at %d, %s on %s", spec.name, layers, cut, suite.precision, env["device"])
+        path = out_dir / slug(env["device"]) / f"{slug(spec.name)}.json"
+        kept = None
+        if args.epochs_only:
+            if not path.is_file():
+                raise UserError(f"--epochs-only: no earlier result at {path}")
+            kept = json.loads(path.read_text())
         result = {
             "environment": env,
             "suite": {"name": args.suite, **dataclasses.asdict(suite), "models": None},
@@ -78,14 +87,15 @@ def run(args: argparse.Namespace, suite: Suite | None = None) -> list[Path]:
                       "tokenizer": None if tokenizer is None else portable_path(tokenizer.name_or_path),
                       "hidden_size": encoders.hidden_size(base),
                       "parameters": sum(p.numel() for p in base.parameters()), "grid": spec.grid},
-            "step_level": speed.step_level(spec, base, cut, suite, device),
+            "step_level": kept["step_level"] if kept else speed.step_level(spec, base, cut, suite, device),
+            # the step level's own environment when it was kept from an earlier invocation
+            "step_level_environment": kept.get("step_level_environment", kept["environment"]) if kept else env,
             "epoch_level": None,
         }
         if spec.epoch and tokenizer is not None and args.data_dir and not args.skip_epochs:
             with tempfile.TemporaryDirectory(prefix="er-bench-cache-") as cache_root:
                 result["epoch_level"] = speed.epoch_level(spec, base, tokenizer, cut, suite, device, args.data_dir,
                                                           cache_root)
-        path = out_dir / slug(env["device"]) / f"{slug(spec.name)}.json"
         write_json(path, result)
         written.append(path)
         report.rebuild(out_dir)

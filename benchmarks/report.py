@@ -27,9 +27,11 @@ def rows_of(result: dict) -> list[dict]:
     common = {"model": model["name"], "weights": model["weights"], "device": env["device"],
               "cut_layer": model["cut_layer"], "layers": model["layers"], "precision": result["suite"]["precision"],
               "git_sha": env["git_sha"]}
+    # the step level may come from an earlier invocation (--epochs-only): its own code and device
+    step_env = result.get("step_level_environment", env)
     rows = []
     for p in result["step_level"]:
-        rows.append({**common, "level": "step", "setting": p["pair"], "seq_len": p["seq_len"],
+        rows.append({**common, "device": step_env["device"], "git_sha": step_env["git_sha"], "level": "step", "setting": p["pair"], "seq_len": p["seq_len"],
                      "batch_size": p["batch_size"],
                      **{k: _round(p.get(k)) for k in COLUMNS if k in p and k not in ("seq_len", "batch_size")}})
     epoch = result.get("epoch_level")
@@ -65,6 +67,23 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['device']} | {r['level']} | {r['setting']} | {r['seq_len']} "
                      f"| {r['batch_size']} | {ratio} | {r['ideal_ratio']:.2f} | {eff} | {fmt(r.get('baseline_s'))} "
                      f"| {fmt(r.get('recycled_s'))} | {mem} |")
+    return "\n".join(lines) + "\n"
+
+
+def ratio_table(rows: list[dict]) -> str:
+    """One line per model, device, level and shape; per pair: measured ratio (efficiency)."""
+    pairs = list(dict.fromkeys(r["setting"] for r in rows))
+    shapes = list(dict.fromkeys((r["model"], r["device"], r["level"], r["seq_len"], r["batch_size"]) for r in rows))
+    cells = {(r["model"], r["device"], r["level"], r["seq_len"], r["batch_size"], r["setting"]): r for r in rows}
+    lines = ["| model | device | level | seq | batch | " + " | ".join(pairs) + " |", "|" + "---|" * (5 + len(pairs))]
+    for shape in shapes:
+        out = []
+        for pair in pairs:
+            r = cells.get((*shape, pair))
+            out.append("" if r is None or r.get("measured_ratio") is None
+                       else f"{r['measured_ratio']:.2f}x ({r['efficiency']:.2f})")
+        model, device, level, seq, batch = shape
+        lines.append(f"| {model} | {device} | {level} | {seq} | {batch} | " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,6 +134,7 @@ def rebuild(bench_dir: Path) -> list[dict]:
     writer.writeheader()
     writer.writerows(rows)
     write_text(bench_dir / "summary.csv", out.getvalue())
-    write_text(bench_dir / "summary.md", markdown(rows))
+    write_text(bench_dir / "summary.md", "Measured ratio (efficiency = measured / ideal):\n\n" + ratio_table(rows)
+               + "\nAll columns:\n\n" + markdown(rows))
     plot(rows, bench_dir / "ratio_vs_seq_len.png")
     return rows

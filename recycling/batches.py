@@ -12,13 +12,14 @@ next batches in a background thread while the current step computes.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from recycling.heads import IGNORE
@@ -86,27 +87,61 @@ def pad_ids(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Ten
     return _pad(rows, width, pad_id), _pad([[1] * len(r) for r in rows], width, 0)
 
 
+class LengthGroups(Sampler):
+    """Batches of similar length in a new random order every epoch.
+
+    Each epoch the features are shuffled and cut into groups of ``group_batches`` batches; each
+    group is sorted by length and cut into batches, and all batches are shuffled. Large groups
+    leave little padding (SciERC relations, 1,000 features, batch 32: 20.5% of the computed
+    positions were padding with transformers' grouping of 7 batches, which also runs each group's
+    batches longest first) while the batches still change with the shuffle.
+    """
+
+    def __init__(self, lengths, batch_size: int, group_batches: int, generator: torch.Generator):
+        self.lengths, self.batch_size, self.group = lengths, batch_size, group_batches * batch_size
+        self.generator = generator
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        batches = []
+        for start in range(0, len(order), self.group):
+            group = sorted(order[start:start + self.group], key=lambda i: -self.lengths[i])
+            batches += [group[i:i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[b]
+
+    def __len__(self) -> int:
+        n, group = len(self.lengths), self.group
+        full, rest = divmod(n, group)
+        return full * math.ceil(group / self.batch_size) + math.ceil(rest / self.batch_size)
+
+
 def make_loader(dataset: FeatureDataset, batch_size: int, shuffle: bool, seed: int = 0,
-                group_by_length: bool = True, pin_memory: bool = False) -> DataLoader:
+                group_by_length: bool = True, pin_memory: bool = False,
+                group_batches: int | None = 50) -> DataLoader:
     """A loader padding per batch.
 
     Shuffled loaders draw a new order every epoch from a generator seeded once per run; with
-    ``group_by_length`` each batch holds features of similar length (transformers'
-    ``LengthGroupedSampler``), which cuts padding for the text and the cached side alike.
-    Unshuffled (evaluation) loaders go through the features from longest to shortest.
-    ``pin_memory`` (for CUDA) makes the host-to-device copies asynchronous.
+    ``group_by_length`` each batch holds features of similar length (:class:`LengthGroups` of
+    ``group_batches`` batches; ``None``: transformers' ``LengthGroupedSampler``, as results before
+    ``length_group_batches`` existed were computed), which cuts padding for the text and the
+    cached side alike. Unshuffled (evaluation) loaders go through the features from longest to
+    shortest. ``pin_memory`` (for CUDA) makes the host-to-device copies asynchronous.
     """
     sizes = dataset.lengths
+    common = dict(collate_fn=dataset.collate, pin_memory=pin_memory)
     if shuffle:
         generator = torch.Generator().manual_seed(seed)
+        if group_by_length and group_batches is not None:
+            return DataLoader(dataset, batch_sampler=LengthGroups(sizes, batch_size, group_batches, generator),
+                              **common)
         if group_by_length:
             sampler = LengthGroupedSampler(batch_size, lengths=sizes, generator=generator)
         else:
             sampler = RandomSampler(dataset, generator=generator)
     else:
         sampler = sorted(range(len(sizes)), key=lambda i: -sizes[i]) if group_by_length else None
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=dataset.collate,
-                      pin_memory=pin_memory)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **common)
 
 
 def to_device(batch: dict, device) -> dict:

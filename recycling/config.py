@@ -31,6 +31,8 @@ SELECT_ON = ("dev_loss", "dev_metric")
 NOT_COMPUTATION = ("seeds", "modes", "cache_dir", "cache_batch_size", "eval_batch_size", "device", "compile",
                    "prefetch_batches")
 PRECISIONS = ("fp32", "bf16")
+# Keys whose default changed: a result file without the key was computed with this value.
+LEGACY_DEFAULTS = {"length_group_batches": None}
 
 
 @dataclass
@@ -63,6 +65,9 @@ class ExperimentConfig:
     eval_batch_size: int = 64
     grad_accum_steps: int = 1
     group_by_length: bool = True  # batches of similar length: less padding, same for every mode
+    # Training batches come from groups of this many batches sorted by length (recycling.batches.
+    # LengthGroups); null: transformers' LengthGroupedSampler, which results before this key used.
+    length_group_batches: typing.Optional[int] = 50
     learning_rate: dict[str, float] = field(default_factory=lambda: {m: 2e-5 for m in MODES})
     weight_decay: float = 0.0
     warmup_steps: int = 100  # optimizer steps; ignored when warmup_ratio is set
@@ -106,6 +111,8 @@ class ExperimentConfig:
             raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if self.length_group_batches is not None and self.length_group_batches < 1:
+            raise bad("length_group_batches", f"must be at least 1 or null, got {self.length_group_batches}")
         if self.prefetch_batches < 0:
             raise bad("prefetch_batches", f"must be at least 0, got {self.prefetch_batches}")
         if self.cache_dtype not in ("float16", "bfloat16", "float32"):

@@ -21,7 +21,7 @@ import torch
 from cache_builder import task_cache
 from recycling import hostmem
 from recycling.batches import FeatureDataset, make_loader
-from recycling.config import CACHED_MODES, NOT_COMPUTATION, ExperimentConfig, load_config
+from recycling.config import CACHED_MODES, LEGACY_DEFAULTS, NOT_COMPUTATION, ExperimentConfig, load_config
 from recycling.encoders import load_encoder
 from recycling.errors import UserError, exit_code
 from recycling.files import write_json
@@ -87,7 +87,8 @@ def train_model(mode: str, seed: int, config: ExperimentConfig, task: Task, data
                              config.warmup_ratio, config.weight_decay, config.grad_accum_steps, config.precision,
                              config.prefetch_batches)
     pin = torch.device(device).type == "cuda"
-    train_loader = make_loader(splits["train"], config.batch_size, True, seed, config.group_by_length, pin)
+    train_loader = make_loader(splits["train"], config.batch_size, True, seed, config.group_by_length, pin,
+                               config.length_group_batches)
     dev_loader = make_loader(splits["dev"], config.eval_batch_size, False, seed, config.group_by_length, pin)
     dev_score = None
     if config.select_on == "dev_metric":
@@ -118,9 +119,10 @@ def run_one(mode: str, seed: int, config: ExperimentConfig, task: Task, data, ba
 
 
 def computation_differs(old: dict, new: dict) -> list[str]:
-    """Keys whose values change what a run computes; keys an old file lacks mean their default."""
+    """Keys whose values change what a run computes; keys an old file lacks mean their default
+    (or, for a key whose default changed, the value the code used before the key existed)."""
     defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)
-                if f.default is not dataclasses.MISSING}
+                if f.default is not dataclasses.MISSING} | LEGACY_DEFAULTS
     return sorted(k for k, v in new.items()
                   if k not in NOT_COMPUTATION and old.get(k, defaults.get(k)) != v)
 

@@ -130,8 +130,26 @@ def test_the_whole_command_on_a_tiny_model(tmp_path, weights, precision, cache_d
     assert required <= set(rows[0])
     assert len(rows) == len(steps) + len(speed.PAIRS)
     assert {r["level"] for r in rows} == {"step", "epoch"}
-    assert (bench / "summary.md").read_text().count("\n") == len(rows) + 2
+    summary = (bench / "summary.md").read_text()
+    assert summary.count(f"| {rows[0]['model']} |") == len(rows) + 3  # every row, and one per shape
     assert (bench / "ratio_vs_seq_len.png").stat().st_size > 0
+
+    if weights == "pretrained":  # the epoch level again, the step level kept with its provenance
+        (again,) = run(parse_args(["--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"),
+                                   "--device", "cpu", "--epochs-only"]), suite)
+        second = json.loads(again.read_text())
+        assert second["step_level"] == steps and second["step_level_environment"] == env
+        assert second["epoch_level"]["settings"] != epoch["settings"]  # measured anew
+
+
+def test_ratio_table_puts_each_shape_on_one_line():
+    row = dict(model="m", device="d", level="step", seq_len=128, batch_size=8, ideal_ratio=2.0)
+    rows = [dict(row, setting="a", measured_ratio=2.2, efficiency=1.1),
+            dict(row, setting="b", measured_ratio=1.2, efficiency=0.8),
+            dict(row, seq_len=256, setting="a", measured_ratio=1.9, efficiency=0.95)]
+    assert report.ratio_table(rows).splitlines()[2:] == [
+        "| m | d | step | 128 | 8 | 2.20x (1.10) | 1.20x (0.80) |",
+        "| m | d | step | 256 | 8 | 1.90x (0.95) |  |"]
 
 
 def test_report_skips_a_foreign_file(tmp_path):

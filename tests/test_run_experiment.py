@@ -211,3 +211,11 @@ def test_pooling_defaults_to_first_token_except_for_t5():
     from text_classification.task import default_pooling
 
     assert default_pooling(tiny_model("bert")) == "cls" and default_pooling(tiny_model("t5")) == "mean"
+
+
+def test_a_file_without_a_key_whose_default_changed_counts_its_old_value():
+    from recycling.runner import computation_differs
+
+    old = {"dataset": "toy"}  # written before length_group_batches existed: transformers' grouping
+    assert computation_differs(old, {"dataset": "toy", "length_group_batches": None}) == []
+    assert computation_differs(old, {"dataset": "toy", "length_group_batches": 50}) == ["length_group_batches"]

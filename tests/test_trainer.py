@@ -148,6 +148,41 @@ def test_each_epoch_reshuffles_with_a_reproducible_order():
     assert orders(5) == [first, second]  # the same orders for the same seed
 
 
+def _lengths_dataset(n=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 120, (n,), generator=g).tolist()
+    return FeatureDataset(Features([[7] * k for k in lengths], {"labels": [0] * n}), 0)
+
+
+def _padding(data, loader) -> float:
+    widths = [(max(data.lengths[i] for i in b), len(b)) for b in loader.batch_sampler]
+    return 1 - sum(data.lengths) / sum(w * n for w, n in widths)
+
+
+def test_length_groups_cover_every_feature_once_with_little_padding_and_a_new_order_each_epoch():
+    data = _lengths_dataset()
+    loader = make_loader(data, 8, shuffle=True, seed=3, group_batches=50)
+    epochs = [[b["index"].tolist() for b in loader] for _ in range(2)]
+    for batches in epochs:
+        assert sorted(i for b in batches for i in b) == list(range(200))
+        assert len(batches) == len(loader) == 25
+    assert epochs[0] != epochs[1]  # batches and their order change with every epoch
+    assert [b["index"].tolist() for b in make_loader(data, 8, True, seed=3, group_batches=50)] == epochs[0]
+    # one sorted group of 200: padding only within neighbours in length order; far below a random batching
+    grouped = _padding(data, make_loader(data, 8, True, seed=3, group_batches=50))
+    legacy = _padding(data, make_loader(data, 8, True, seed=3, group_batches=None))
+    random = _padding(data, make_loader(data, 8, True, seed=3, group_by_length=False))
+    assert grouped < 0.05 < legacy < random
+
+
+def test_length_groups_count_partial_batches_per_group():
+    data = _lengths_dataset(n=45)
+    loader = make_loader(data, 4, shuffle=True, seed=0, group_batches=3)  # groups of 12, 12, 12, 9
+    batches = [b["index"].tolist() for b in loader]
+    assert len(batches) == len(loader) == 3 * 3 + 3
+    assert sorted(i for b in batches for i in b) == list(range(45))
+
+
 def test_batches_are_padded_to_their_own_longest_feature():
     data = FeatureDataset(Features([[5] * 3, [5] * 9, [5] * 4, [5] * 2], {"labels": [0, 1, 0, 1]}), 0)
     batches = list(make_loader(data, 2, shuffle=False))
