@@ -92,9 +92,10 @@ class LengthGroups(Sampler):
 
     Each epoch the features are shuffled and cut into groups of ``group_batches`` batches; each
     group is sorted by length and cut into batches, and all batches are shuffled. Large groups
-    leave little padding (SciERC relations, 1,000 features, batch 32: 20.5% of the computed
-    positions were padding with transformers' grouping of 7 batches, which also runs each group's
-    batches longest first) while the batches still change with the shuffle.
+    leave little padding (SciERC relations, 1,000 features, batch 32: 3.6% of the computed
+    positions are padding with groups of 50 batches, 20.5% with transformers' grouping of 7
+    batches, which also runs each group's batches longest first) while the batches still change
+    with the shuffle.
     """
 
     def __init__(self, lengths, batch_size: int, group_batches: int, generator: torch.Generator):
