@@ -3,9 +3,9 @@
 glibc serves a large allocation with its own mmap only until one such block is freed; it then
 raises its threshold to that size (up to 32 MiB), so later activations, gradients and batches of
 similar size come from the heap, where freed space stays resident. Training with batches of
-varying length then grows the process by gigabytes of free heap (measured: a 600-example MiniLM
-epoch peaked at 2.45 GB RSS and kept 2.31 GB after training; with a fixed 1 MiB threshold,
-1.96 GB and 0.68 GB; 0.61 GB is what is live). Fixing the threshold turns the adjustment off.
+varying length then grows the process by gigabytes of free heap (a one-off probe: a 600-example
+MiniLM epoch peaked at 2.45 GB RSS and kept 2.31 GB after training; with a fixed 1 MiB threshold,
+1.96 GB and 0.68 GB; 0.61 GB was live). Fixing the threshold turns the adjustment off.
 """
 
 from __future__ import annotations
