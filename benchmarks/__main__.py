@@ -84,7 +84,9 @@ def run(args: argparse.Namespace, suite: Suite | None = None) -> list[Path]:
             "environment": env,
             "suite": {"name": args.suite, **dataclasses.asdict(suite), "models": None},
             "model": {"name": spec.name, "weights": spec.weights, "layers": layers, "cut_layer": cut,
-                      "tokenizer": None if tokenizer is None else portable_path(tokenizer.name_or_path),
+                      # by name, never a path of this machine: the model's own, or --tokenizer's
+                      "tokenizer": None if tokenizer is None else (
+                          spec.name if spec.weights == "pretrained" else portable_path(args.tokenizer)),
                       "hidden_size": encoders.hidden_size(base),
                       "parameters": sum(p.numel() for p in base.parameters()), "grid": spec.grid},
             "step_level": kept["step_level"] if kept else speed.step_level(spec, base, cut, suite, device),
