@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from recycling.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -18,16 +25,77 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def write_text(path: Path, text: str) -> None:
-    """Atomic: a reader (or an interrupted run) never sees half a file."""
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (a power cut must not undo a publish)."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A fresh temporary path beside ``path``, renamed onto it (after fsync) when the block ends.
+
+    The name is unique (``mkstemp``, created with O_EXCL, so never opened through a planted link) and
+    two processes writing the same file never share it. If the block raises, ``path`` is untouched.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would otherwise become the published file's mode
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic and durable: a reader (or an interrupted run, or a power cut) never sees half a file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+class Busy(UserError):
+    """Another process holds the lock (raised only when not waiting)."""
+
+
+@contextmanager
+def locked(path: Path, what: str, wait: bool = True) -> Iterator[None]:
+    """An exclusive lock on ``path`` (a small lock file, created if needed) for the block.
+
+    The kernel drops the lock when its holder dies, so a killed process never leaves it behind.
+    ``wait=False`` raises :class:`Busy` naming ``what`` and the holder's pid instead of waiting.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            if not wait:
+                raise Busy(f"{what} is in use by another process (pid {holder}); wait for it to finish") from None
+            logger.info("waiting for %s, in use by another process (pid %s)", what, holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_plain_name(value: str, what: str) -> None:
