@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from recycling.errors import UserError
+from recycling.files import check_plain_name
 
 from recycling.tasks import METRICS
 
@@ -86,9 +88,20 @@ class ExperimentConfig:
     def validate(self, sources: dict[str, str] | None = None) -> None:
         """Check values that types alone cannot; errors name the file each key came from."""
 
-        def bad(key, msg):
-            return UserError(f"{(sources or {}).get(key, 'config')}: key '{key}' {msg}")
+        def where(key):
+            return f"{(sources or {}).get(key, 'config')}: key '{key}'"
 
+        def bad(key, msg):
+            return UserError(f"{where(key)} {msg}")
+
+        check_plain_name(self.dataset, "dataset name", where("dataset"))
+        for key in ("qa_train_file", "qa_dev_file", "qa_test_file"):
+            if getattr(self, key) is not None:
+                check_plain_name(getattr(self, key), "file name", where(key))
+        if not self.modes:
+            raise bad("modes", "must list at least one mode")
+        if len(set(self.modes)) != len(self.modes):
+            raise bad("modes", f"lists a mode twice: {self.modes}")
         for mode in self.modes:
             if mode not in MODES:
                 raise bad("modes", f"has unknown mode '{mode}' (known: {', '.join(MODES)})")
@@ -98,6 +111,23 @@ class ExperimentConfig:
         missing = [m for m in self.modes if m not in self.learning_rate]
         if missing:
             raise bad("learning_rate", f"has no value for mode(s) {', '.join(missing)}")
+        for mode, rate in self.learning_rate.items():
+            if not (math.isfinite(rate) and rate > 0):
+                raise bad("learning_rate", f"must be a positive number for every mode, got {rate} for {mode}")
+        if not (math.isfinite(self.head_dropout) and 0 <= self.head_dropout < 1):
+            raise bad("head_dropout", f"must be in [0, 1), got {self.head_dropout}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", f"must be at least 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            raise bad("warmup_steps", f"must be at least 0, got {self.warmup_steps}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise bad("seeds", f"lists a seed twice: {self.seeds}")
+        if any(not 0 <= seed < 2**32 for seed in self.seeds):
+            raise bad("seeds", f"must be in [0, 2**32), got {self.seeds}")
+        if not self.text_field or not self.label_field:
+            raise bad("text_field" if not self.text_field else "label_field", "must not be empty")
+        if self.device is not None:
+            check_device(self.device, where("device"))
         if self.task not in METRICS:
             raise bad("task", f"must be one of {', '.join(METRICS)}, got '{self.task}'")
         if self.metric not in METRICS[self.task]:
@@ -107,7 +137,7 @@ class ExperimentConfig:
             raise bad("pooling", f"must be one of {', '.join(POOLINGS)}, got '{self.pooling}'")
         if self.select_on not in SELECT_ON:
             raise bad("select_on", f"must be one of {', '.join(SELECT_ON)}, got '{self.select_on}'")
-        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
+        if self.warmup_ratio is not None and not (math.isfinite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
             raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
@@ -128,13 +158,72 @@ class ExperimentConfig:
                     "patience", "adapter_size", "cache_batch_size", "cut_layer"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be at least 1, got {getattr(self, key)}")
-        if not 0 < self.dev_fraction < 1:
+        if not (math.isfinite(self.dev_fraction) and 0 < self.dev_fraction < 1):
             raise bad("dev_fraction", f"must be in (0, 1), got {self.dev_fraction}")
         for key in ("max_answer_length", "n_best"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be at least 1, got {getattr(self, key)}")
         if self.task in WINDOWED_TASKS and not 0 <= self.window_stride < self.max_length // 2:
             raise bad("window_stride", f"must be in [0, max_length/2), got {self.window_stride}")
+
+
+def check_device(device: str, where: str) -> None:
+    """A device string torch understands and this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"{where} is not a device torch knows: '{device}' (e.g. cpu, cuda, cuda:0)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"{where} asks for '{device}' but this machine has no usable CUDA device")
+        if parsed.index is not None and parsed.index >= count:
+            raise UserError(f"{where} asks for '{device}' but this machine has {count} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{where} asks for 'mps' but it is not available here")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"{where} asks for '{device}'; supported: cpu, cuda[:N], mps")
+
+
+def check_against_model(config: "ExperimentConfig", model, tokenizer) -> None:
+    """Settings that depend on the loaded encoder: ``max_length`` within its positions."""
+    limit = max_positions(model, tokenizer)
+    if limit is not None and config.max_length > limit:
+        raise UserError(f"key 'max_length' is {config.max_length}, but {config.model} takes at most {limit} "
+                        "tokens per input; lower max_length")
+
+
+def max_positions(model, tokenizer) -> int | None:
+    """How many tokens one input of ``model`` may have (None: no fixed limit, e.g. T5's relative positions)."""
+    limits = []
+    # Tokenizers without a recorded limit report a huge sentinel (int(1e30)).
+    if getattr(tokenizer, "model_max_length", None) and tokenizer.model_max_length < 1_000_000:
+        limits.append(int(tokenizer.model_max_length))
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and getattr(model.config, "position_embedding_type", "absolute") == "absolute":
+        # RoBERTa-style models number positions from padding_idx + 1, so two slots are never used.
+        offset = model.config.pad_token_id + 1 if model.config.model_type in ROBERTA_POSITIONS else 0
+        limits.append(positions - offset)
+    return min(limits) if limits else None
+
+
+ROBERTA_POSITIONS = ("roberta", "xlm-roberta", "camembert", "data2vec-text", "xlm-roberta-xl", "esm")
+
+
+def from_dict(values: dict, source: str) -> "ExperimentConfig":
+    """A config from a plain mapping (a saved model's or a checkpoint's), checked like a file."""
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: expected a mapping of settings")
+    checked = {key: _checked(key, value, source) for key, value in values.items()}
+    missing = [k for k, f in FIELDS.items() if k not in checked and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{source}: missing required key(s): {', '.join(missing)}")
+    config = ExperimentConfig(**checked)
+    config.validate({k: source for k in checked})
+    return config
 
 
 def split_limit(max_examples: int | dict[str, int] | None, split: str) -> int | None:

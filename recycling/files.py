@@ -98,11 +98,12 @@ def locked(path: Path, what: str, wait: bool = True) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def check_plain_name(value: str, what: str) -> None:
+def check_plain_name(value: str, what: str, where: str | None = None) -> None:
     """Names come from configs and command lines: refuse anything that could leave its folder."""
-    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    separators = {"/", os.sep, "\0"} | ({os.altsep} if os.altsep else set())
     if value in ("", ".", "..") or any(sep in value for sep in separators):
-        raise UserError(f"invalid {what} '{value}': expected a plain name, not a path")
+        prefix = f"{where}: " if where else ""
+        raise UserError(f"{prefix}invalid {what} {value!r}: expected a plain name, not a path")
 
 
 def dataset_dir(data_dir: str | Path, task: str, name: str) -> Path:
