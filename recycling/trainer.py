@@ -9,10 +9,12 @@ at its end, and batches are prepared ahead in a background thread (``prefetch_ba
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -22,6 +24,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from recycling.batches import prefetch, to_device
 from recycling.config import PRECISIONS
+from recycling.errors import UserError
+from recycling.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +95,66 @@ def evaluate(model: nn.Module, loader, device, precision: str = "fp32", prefetch
     return Evaluation(outputs, float(total) / max(float(n), 1), time.perf_counter() - start)
 
 
+@dataclass
+class Checkpoint:
+    """Where a run keeps its state at the end of every epoch, and whether to continue from it.
+
+    ``identity`` describes what the run computes (mode, seed, settings); a checkpoint written with
+    another identity is refused rather than continued into a run it does not belong to.
+    """
+
+    path: Path
+    identity: dict
+    resume: bool = False
+
+
+def _loader_generator(loader) -> torch.Generator | None:
+    """The generator that draws a shuffled loader's order (its state moves on every epoch)."""
+    for sampler in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
+        generator = getattr(sampler, "generator", None)
+        if isinstance(generator, torch.Generator):
+            return generator
+    return None
+
+
+def _save_checkpoint(checkpoint: Checkpoint, model, optimizer, scheduler, history: TrainHistory, best: float,
+                     best_state, bad_epochs: int, generator) -> None:
+    state = {
+        "identity": checkpoint.identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "history": dataclasses.asdict(history), "best": best,
+        "best_state": best_state, "bad_epochs": bad_epochs, "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "loader_rng": None if generator is None else generator.get_state(),
+    }
+    with atomic_path(checkpoint.path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(checkpoint: Checkpoint) -> dict:
+    try:
+        # weights_only: a checkpoint is data, never code, even if it came from somewhere else.
+        state = torch.load(checkpoint.path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file; all mean the same here
+        raise UserError(f"checkpoint {checkpoint.path} cannot be read ({type(err).__name__}); "
+                        "delete it to start this run again") from None
+    if not isinstance(state, dict) or state.get("identity") != checkpoint.identity:
+        saved = state.get("identity", {}) if isinstance(state, dict) else {}
+        differ = sorted(k for k in set(saved) | set(checkpoint.identity)
+                        if saved.get(k) != checkpoint.identity.get(k))
+        raise UserError(f"checkpoint {checkpoint.path} belongs to another run (differs in "
+                        f"{', '.join(differ) or 'its layout'}); delete it or run without --resume")
+    return state
+
+
 def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, device,
-          dev_score: Callable[[Evaluation], float] | None = None) -> TrainHistory:
+          dev_score: Callable[[Evaluation], float] | None = None,
+          checkpoint: Checkpoint | None = None) -> TrainHistory:
     """Train the parameters that require grad; on return the model holds the best epoch's weights.
 
-    The best epoch has the lowest dev loss, or the highest ``dev_score`` when one is given.
+    The best epoch has the lowest dev loss, or the highest ``dev_score`` when one is given. With a
+    ``checkpoint``, the whole state (weights, optimizer, schedule, random generators, history) is
+    written atomically after every epoch, and ``checkpoint.resume`` continues a killed run from its
+    last finished epoch exactly as if it had not stopped.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
@@ -108,7 +167,23 @@ def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, d
                        history.warmup_steps, total_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, history.warmup_steps, total_steps)
     best, best_state, bad_epochs = -math.inf, None, 0
-    for epoch in range(1, settings.max_epochs + 1):
+    generator = _loader_generator(train_loader)
+    if checkpoint is not None and checkpoint.resume and checkpoint.path.is_file():
+        state = _load_checkpoint(checkpoint)
+        model.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = TrainHistory(**state["history"])
+        best, best_state, bad_epochs = state["best"], state["best_state"], state["bad_epochs"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if generator is not None and state["loader_rng"] is not None:
+            generator.set_state(state["loader_rng"])
+        logger.info("resuming from %s after epoch %d", checkpoint.path, len(history.epochs))
+    for epoch in range(len(history.epochs) + 1, settings.max_epochs + 1):
+        if history.stopped_early:  # a resumed run whose last checkpoint already decided to stop
+            break
         model.train()
         optimizer.zero_grad(set_to_none=True)
         running, seen = 0.0, 0  # device tensors once the first step adds to them
@@ -144,9 +219,12 @@ def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, d
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
-            if bad_epochs >= settings.patience:
-                history.stopped_early = True
-                break
+            history.stopped_early = bad_epochs >= settings.patience
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, model, optimizer, scheduler, history, best, best_state, bad_epochs,
+                             generator)
+        if history.stopped_early:
+            break
     if best_state is not None:
         model.load_state_dict(best_state, strict=True)
     return history

@@ -282,3 +282,67 @@ def test_mean_pooling_ignores_padding():
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     assert head.pool(hidden, torch.tensor([[1, 1, 0]])).tolist() == [[2.0, 3.0]]
     assert SequenceClassificationHead(2, 2, 0.0, "cls").pool(hidden, torch.tensor([[1, 1, 0]])).tolist() == [[1.0, 2.0]]
+
+
+class DropoutRecorder(Recorder):
+    """Recorder with dropout, so a resumed run must also restore the random generators to match."""
+
+    def forward(self, batch):
+        return nn.functional.dropout(super().forward(batch), 0.3, self.training)
+
+
+class Killed(Exception):
+    pass
+
+
+def _run_with_checkpoint(checkpoint, kill_after=None, monkeypatch=None):
+    import recycling.trainer as trainer
+
+    torch.manual_seed(0)
+    model = DropoutRecorder()
+    if kill_after is not None:
+        real, calls = trainer.evaluate, []
+
+        def dying_evaluate(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > kill_after:  # dies during the epoch after `kill_after` finished ones
+                raise Killed
+            return real(*args, **kwargs)
+        monkeypatch.setattr(trainer, "evaluate", dying_evaluate)
+    settings = TrainSettings(0.1, max_epochs=4, patience=4, warmup_steps=3, weight_decay=0.01)
+    history = train(model, make_loader(_lengths_dataset(40), 4, True, seed=3, group_batches=2),
+                    make_loader(_data(8, 1), 4, False), settings, "cpu", checkpoint=checkpoint)
+    return history, model.emb.weight.detach().clone()
+
+
+@pytest.mark.parametrize("kill_after", [1, 3])
+def test_a_killed_run_resumes_from_its_last_epoch_and_ends_as_if_never_stopped(tmp_path, monkeypatch, kill_after):
+    from recycling.trainer import Checkpoint
+
+    reference, weights = _run_with_checkpoint(None)
+    ckpt = Checkpoint(tmp_path / "run.pt", {"mode": "toy", "seed": 0})
+    with pytest.raises(Killed):
+        _run_with_checkpoint(ckpt, kill_after, monkeypatch)
+    monkeypatch.undo()
+    assert ckpt.path.is_file() and not list(tmp_path.glob(".*.tmp"))
+    resumed, resumed_weights = _run_with_checkpoint(Checkpoint(ckpt.path, ckpt.identity, resume=True))
+    strip = lambda h: [{k: v for k, v in e.items() if k != "train_seconds"} for e in h.epochs]  # noqa: E731
+    assert strip(resumed) == strip(reference) and resumed.best_epoch == reference.best_epoch
+    assert resumed.optimizer_steps == reference.optimizer_steps
+    assert torch.equal(resumed_weights, weights)
+
+
+def test_a_checkpoint_of_another_run_or_a_damaged_one_is_refused(tmp_path):
+    from recycling.errors import UserError
+    from recycling.trainer import Checkpoint
+    from tests import faults
+
+    path = tmp_path / "run.pt"
+    _run_with_checkpoint(Checkpoint(path, {"mode": "toy", "seed": 0}))
+    with pytest.raises(UserError, match="belongs to another run.*seed") as err:
+        _run_with_checkpoint(Checkpoint(path, {"mode": "toy", "seed": 1}, resume=True))
+    faults.record("training", "`--resume` with a checkpoint written by another seed", str(err.value), tmp_path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(UserError, match="cannot be read") as err:
+        _run_with_checkpoint(Checkpoint(path, {"mode": "toy", "seed": 0}, resume=True))
+    faults.record("training", "`--resume` with a truncated checkpoint", str(err.value), tmp_path)
