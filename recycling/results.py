@@ -7,6 +7,7 @@ import dataclasses
 import importlib.metadata
 import io
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -16,11 +17,14 @@ from pathlib import Path
 import torch
 
 from recycling.config import BASELINE_OF, CACHED_MODES
-from recycling.files import write_text
+from recycling.errors import UserError
+from recycling.files import locked, write_text
 from recycling.metrics import mean_std
 from recycling.tasks import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
+LOCKS = ".locks"  # lock files of experiments and of the summary, under the results folder
+logger = logging.getLogger(__name__)
 PACKAGES = ("torch", "transformers", "adapters", "numpy", "scikit-learn", "seqeval", "embedding-recycling")
 SUMMARY_COLUMNS = ("task", "dataset", "model", "cut_layer", "mode", "n_seeds", "metric", "test_mean",
                    "test_std", "dev_mean", "train_epoch_s", "train_speedup", "infer_s", "infer_speedup",
@@ -122,12 +126,44 @@ def summary_rows(result: dict) -> list[dict]:
     return list(rows.values())
 
 
+def read_result(path: Path) -> dict:
+    """A result file of this project, or a ``UserError`` saying why ``path`` is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is not readable JSON ({type(err).__name__}: {err})") from None
+    try:
+        config = data["provenance"]["config"]
+        ok = (isinstance(data["experiment"], str) and isinstance(data["runs"], dict)
+              and all(isinstance(config[k], (str, int)) for k in ("task", "dataset", "model", "cut_layer", "metric")))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise UserError(f"{path} is not a result file of this project (no experiment, runs and provenance.config)")
+    return data
+
+
 def rebuild_summary(results_dir: Path) -> list[dict]:
-    """Rewrite ``summary.csv`` and ``summary.md`` from every result file under ``results_dir``."""
+    """Rewrite ``summary.csv`` and ``summary.md`` from every result file under ``results_dir``.
+
+    A file that is not a readable result (truncated, foreign) is left out with a warning naming it,
+    so one bad file never stops every later run from writing its summary.
+    """
+    with locked(results_dir / LOCKS / "summary.lock", f"the summary in {results_dir}"):
+        return _rebuild_summary(results_dir)
+
+
+def _rebuild_summary(results_dir: Path) -> list[dict]:
     rows = []
     for task in REGISTRY:
         for path in sorted(results_dir.glob(f"{task}/*/*.json")):
-            rows.extend(summary_rows(json.loads(path.read_text())))
+            try:
+                rows.extend(summary_rows(read_result(path)))
+            except UserError as err:
+                logger.warning("left out of the summary: %s", err)
+            except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
+                logger.warning("left out of the summary: %s has runs this version cannot read (%s: %s)",
+                               path, type(err).__name__, err)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -19,16 +19,17 @@ from pathlib import Path
 import torch
 
 from cache_builder import task_cache
-from recycling import hostmem
+from recycling import hostmem, saved
 from recycling.batches import FeatureDataset, make_loader
-from recycling.config import CACHED_MODES, LEGACY_DEFAULTS, NOT_COMPUTATION, ExperimentConfig, load_config
+from recycling.config import (CACHED_MODES, LEGACY_DEFAULTS, NOT_COMPUTATION, ExperimentConfig, check_against_model,
+                              load_config)
 from recycling.encoders import load_encoder
 from recycling.errors import UserError, exit_code
-from recycling.files import write_json
+from recycling.files import locked, write_json
 from recycling.models import build_model, trainable_parameters
-from recycling.results import device_name, git_sha, provenance, rebuild_summary
+from recycling.results import LOCKS, device_name, git_sha, provenance, read_result, rebuild_summary
 from recycling.tasks import Features, Task, get_task
-from recycling.trainer import Evaluation, TrainSettings, evaluate, train
+from recycling.trainer import Checkpoint, Evaluation, TrainSettings, evaluate, train
 
 logger = logging.getLogger("recycling.runner")
 
@@ -44,6 +45,13 @@ def parse_args(description: str, argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=os.environ.get("ER_DATA_DIR"), help="default: $ER_DATA_DIR")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--cache-root", default=os.environ.get("ER_CACHE_DIR", "caches"))
+    p.add_argument("--checkpoint-dir", default=os.environ.get("ER_CHECKPOINT_DIR", "checkpoints"),
+                   help="where runs keep their end-of-epoch state until their result is written")
+    p.add_argument("--resume", action="store_true",
+                   help="continue runs killed mid-training from their last finished epoch")
+    p.add_argument("--save-models", metavar="DIR", nargs="?", const="models",
+                   help="save every trained model under DIR/<task>/<dataset>/<experiment>/<mode>-seed<seed> "
+                        "(default DIR: models), for `python -m recycling.predict`")
     return p.parse_args(argv)
 
 
@@ -76,7 +84,7 @@ def cache_of(config: ExperimentConfig, features: dict[str, Features], base, toke
 
 
 def train_model(mode: str, seed: int, config: ExperimentConfig, task: Task, data, base, splits: dict,
-                features: dict[str, Features], device):
+                features: dict[str, Features], device, checkpoint: Checkpoint | None = None):
     """A fresh model for ``mode`` trained on ``splits["train"]`` (datasets for this mode), the epoch
     kept chosen on ``splits["dev"]``; returns ``(model, history)``."""
     model = build_model(mode, base, config.cut_layer, lambda: task.head(data, base, config),
@@ -93,7 +101,7 @@ def train_model(mode: str, seed: int, config: ExperimentConfig, task: Task, data
     dev_score = None
     if config.select_on == "dev_metric":
         dev_score = lambda ev: task.score(data, "dev", features["dev"], ev.outputs)[config.metric]  # noqa: E731
-    return model, train(model, train_loader, dev_loader, settings, device, dev_score)
+    return model, train(model, train_loader, dev_loader, settings, device, dev_score, checkpoint)
 
 
 def evaluate_split(model, split: str, config: ExperimentConfig, splits: dict, device) -> Evaluation:
@@ -102,10 +110,19 @@ def evaluate_split(model, split: str, config: ExperimentConfig, splits: dict, de
     return evaluate(model, loader, device, config.precision, config.prefetch_batches)
 
 
+def run_identity(mode: str, seed: int, config: ExperimentConfig) -> dict:
+    """What one run computes: a checkpoint continues only the run with this identity."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_COMPUTATION}
+    return {"mode": mode, "seed": seed, **settings}
+
+
 def run_one(mode: str, seed: int, config: ExperimentConfig, task: Task, data, base, splits: dict,
-            features: dict[str, Features], device, where: dict) -> dict:
+            features: dict[str, Features], device, where: dict, checkpoint: Checkpoint | None = None,
+            save_to: Path | None = None, lower_sha: str | None = None) -> dict:
     """Train one model and evaluate it; ``splits`` maps train/dev/test to datasets for this mode."""
-    model, history = train_model(mode, seed, config, task, data, base, splits, features, device)
+    model, history = train_model(mode, seed, config, task, data, base, splits, features, device, checkpoint)
+    if save_to is not None:
+        saved.save(save_to, model, mode, config, task.describe(data), lower_sha)
     dev, test = (evaluate_split(model, s, config, splits, device) for s in ("dev", "test"))
     return {
         "seed": seed,
@@ -134,7 +151,13 @@ def previous_result(out_path: Path, config: dict) -> dict | None:
     """
     if not out_path.is_file():
         return None
-    old = json.loads(out_path.read_text())
+    try:
+        old = read_result(out_path)
+    except UserError as err:
+        aside = out_path.with_name(f"{out_path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(out_path, aside)
+        logger.warning("%s; moved to %s; starting a new file", err, aside.name)
+        return None
     differ = computation_differs(old["provenance"]["config"], config)
     if differ:
         aside = out_path.with_name(f"{out_path.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
@@ -162,7 +185,20 @@ def run_experiment(expected_task: str, args: argparse.Namespace) -> Path:
     # 1. data, tokenized once for the cache and the text modes alike
     data = task.load(args.data_dir, config)
     base, tokenizer = load_encoder(config.model)
+    check_against_model(config, base, tokenizer)
     features = load_features(task, data, tokenizer, config)
+    # One process per experiment (taken once the inputs are known to be good, so bad input writes
+    # nothing): a second one would interleave its runs into the same file.
+    with locked(results_dir / LOCKS / config.task / config.dataset / f"{experiment}.lock",
+                f"experiment {experiment} ({out_path})", wait=False):
+        return _run_locked(args, config, sources, task, experiment, results_dir, out_path, device, where, data,
+                           base, tokenizer, features)
+
+
+def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, experiment: str, results_dir: Path,
+                out_path: Path, device, where: dict, data, base, tokenizer, features: dict[str, Features]) -> Path:
+    run_dir = Path(config.task) / config.dataset / experiment
+    checkpoints = Path(args.checkpoint_dir) / run_dir
     pad_id = tokenizer.pad_token_id or 0
     text_splits = {s: FeatureDataset(features[s], pad_id) for s in SPLITS}
 
@@ -197,9 +233,17 @@ def run_experiment(expected_task: str, args: argparse.Namespace) -> Path:
                 continue
             logger.info("%s: mode %s, seed %d", experiment, mode, seed)
             splits = cached_splits if mode in CACHED_MODES else text_splits
+            checkpoint = Checkpoint(checkpoints / f"{mode}-seed{seed}.pt", run_identity(mode, seed, config),
+                                    args.resume)
+            if checkpoint.path.is_file() and not args.resume:
+                logger.warning("%s is from an earlier, unfinished run; starting over (--resume continues it)",
+                               checkpoint.path)
+            save_to = Path(args.save_models) / run_dir / f"{mode}-seed{seed}" if args.save_models else None
+            lower_sha = cache.fingerprint["lower_weights_sha256"] if cache is not None else None
             result["runs"][mode].append(run_one(mode, seed, config, task, data, base, splits, features, device,
-                                                where))
+                                                where, checkpoint, save_to, lower_sha))
             write_json(out_path, result)
+            checkpoint.path.unlink(missing_ok=True)  # the result holds what it was kept for
             rebuild_summary(results_dir)
 
     for runs in result["runs"].values():

@@ -10,37 +10,46 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from safetensors.torch import load_model, save_model
 
-from recycling.config import CACHED_MODES, ExperimentConfig
+from recycling.config import CACHED_MODES, MODES, ExperimentConfig, from_dict
 from recycling.errors import UserError
-from recycling.files import write_json
+from recycling.files import atomic_path, write_json
 from recycling.models import TaskModel, build_model
 
 WEIGHTS, INFO = "model.safetensors", "model.json"
+FORMAT = 1
 
 
 def save(folder: str | Path, model: TaskModel, mode: str, config: ExperimentConfig, description: dict,
          lower_weights_sha256: str | None) -> Path:
+    """Write the model's weights, then its info; a folder is a saved model only once both exist."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (WEIGHTS + ".tmp")
-    save_model(model, str(tmp))  # handles tied weights, unlike save_file
-    os.replace(tmp, folder / WEIGHTS)
-    write_json(folder / INFO, {"mode": mode, "config": dataclasses.asdict(config), "data": description,
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_model(model, str(tmp))  # handles tied weights, unlike save_file
+    write_json(folder / INFO, {"format": FORMAT, "mode": mode, "cut_layer": config.cut_layer,
+                               "config": dataclasses.asdict(config), "data": description,
                                "lower_weights_sha256": lower_weights_sha256 if mode in CACHED_MODES else None})
     return folder
 
 
 def read_info(folder: str | Path) -> tuple[dict, ExperimentConfig]:
+    """The saved model's info and its config, checked like a config file; every problem is a UserError."""
     folder = Path(folder)
     if not (folder / INFO).is_file() or not (folder / WEIGHTS).is_file():
         raise UserError(f"no saved model in {folder} (expected {INFO} and {WEIGHTS})")
-    info = json.loads((folder / INFO).read_text())
-    return info, ExperimentConfig(**info["config"])
+    try:
+        info = json.loads((folder / INFO).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{folder / INFO} is not readable JSON ({type(err).__name__})") from None
+    if not isinstance(info, dict) or info.get("mode") not in MODES or not isinstance(info.get("data"), dict):
+        raise UserError(f"{folder / INFO} is not the info of a saved model (mode, config, data)")
+    config = from_dict(info.get("config"), str(folder / INFO))
+    if info["mode"] in CACHED_MODES and not isinstance(info.get("lower_weights_sha256"), str):
+        raise UserError(f"{folder / INFO} has no fingerprint of the lower part its cache must come from")
+    return info, config
 
 
 def load(folder: str | Path, base, task, data) -> TaskModel:
@@ -48,5 +57,9 @@ def load(folder: str | Path, base, task, data) -> TaskModel:
     info, config = read_info(folder)
     model = build_model(info["mode"], base, config.cut_layer, lambda: task.head(data, base, config),
                         config.adapter_size, seed=0)
-    load_model(model, str(Path(folder) / WEIGHTS), strict=True)
+    try:
+        load_model(model, str(Path(folder) / WEIGHTS), strict=True)
+    except (OSError, RuntimeError, ValueError) as err:  # safetensors: damaged file; torch: other shapes or names
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{Path(folder) / WEIGHTS} does not fit the model it describes ({first[:200]})") from None
     return model.eval()

@@ -1,0 +1,118 @@
+"""The runner under faults: runs killed mid-training, two runs of one experiment, damaged result files."""
+
+import json
+
+import pytest
+
+from recycling import runner
+from recycling.errors import UserError
+from recycling.files import locked
+from recycling.results import LOCKS
+from tests import faults
+from tests.helpers import save_tiny_bert, write_toy_dataset
+from tests.test_run_experiment import ROOT
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the experiment is then named by its file: exp
+    model = save_tiny_bert(tmp_path / "model")
+    write_toy_dataset(tmp_path / "data")
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        f"base: {ROOT / 'HyperparameterSelection/text_classification/defaults.yaml'}\n"
+        f"model: {model}\ncut_layer: 2\nmax_epochs: 3\npatience: 5\nbatch_size: 8\nwarmup_steps: 2\nmax_length: 24\n"
+        "dataset: toy\nseeds: [0]\nmodes: [semi_frozen, full]\nlength_group_batches: 2\n"
+        "learning_rate: {full: 1.0e-3, semi_frozen: 1.0e-3}\n")
+    return tmp_path, config
+
+
+def args(tmp_path, config, *extra):
+    return runner.parse_args("test", [str(config), "--data-dir", str(tmp_path / "data"), "--results-dir",
+                                      str(tmp_path / "results"), "--cache-root", str(tmp_path / "caches"),
+                                      "--checkpoint-dir", str(tmp_path / "ckpt"), *extra])
+
+
+def result(tmp_path):
+    return json.loads((tmp_path / "results" / "text_classification" / "toy" / "exp.json").read_text())
+
+
+def computed(run):
+    """What a run computed, without its timings."""
+    history = [{k: v for k, v in e.items() if k != "train_seconds"} for e in run["history"]["epochs"]]
+    return history, run["dev"], run["test"], run["history"]["best_epoch"]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs, not even `except Exception` handlers."""
+
+
+def test_a_run_killed_mid_training_resumes_with_the_same_metrics(setup, monkeypatch):
+    tmp_path, config = setup
+    runner.run_experiment("text_classification", args(tmp_path, config))
+    reference = result(tmp_path)["runs"]
+    (tmp_path / "results" / "text_classification" / "toy" / "exp.json").unlink()
+
+    import recycling.trainer as trainer
+    real, calls = trainer.evaluate, []
+
+    def dies_in_epoch_three_of_full(*a, **k):  # semi_frozen trains 3 epochs; full dies in its third
+        calls.append(1)
+        if len(calls) == 6:
+            raise Killed
+        return real(*a, **k)
+    monkeypatch.setattr(trainer, "evaluate", dies_in_epoch_three_of_full)
+    with pytest.raises(Killed):
+        runner.run_experiment("text_classification", args(tmp_path, config))
+    monkeypatch.setattr(trainer, "evaluate", real)
+    checkpoint = tmp_path / "ckpt" / "text_classification" / "toy" / "exp" / "full-seed0.pt"
+    assert checkpoint.is_file() and not (checkpoint.parent / "semi_frozen-seed0.pt").exists()
+    assert list(result(tmp_path)["runs"]["full"]) == []  # semi_frozen finished and was kept
+
+    resumed_log = []
+    monkeypatch.setattr(trainer.logger, "info", lambda msg, *a: resumed_log.append(msg % a))
+    runner.run_experiment("text_classification", args(tmp_path, config, "--resume"))
+    assert any("resuming from" in line and "after epoch 2" in line for line in resumed_log)
+    after = result(tmp_path)["runs"]
+    for mode in ("semi_frozen", "full"):
+        assert computed(after[mode][0]) == computed(reference[mode][0])
+    assert not checkpoint.exists()
+    faults.record("training", "training killed in its third epoch, then rerun with `--resume`",
+                  "continued after epoch 2; losses, dev and test scores identical to an uninterrupted run")
+
+
+def test_a_second_process_on_the_same_experiment_stops_with_a_clear_message(setup):
+    tmp_path, config = setup
+    lock = tmp_path / "results" / LOCKS / "text_classification" / "toy" / "exp.lock"
+    with locked(lock, "held by the test"):
+        with pytest.raises(UserError, match="experiment exp .* is in use by another process") as err:
+            runner.run_experiment("text_classification", args(tmp_path, config, "--set", "modes=[semi_frozen]",
+                                                              "--set", "max_epochs=1"))
+    assert not (tmp_path / "results" / "text_classification" / "toy" / "exp.json").exists()
+    faults.record("results", "two processes run the same experiment at once", str(err.value), tmp_path)
+
+
+@pytest.mark.parametrize("content,fault", [
+    ('{"experiment": "exp", "runs": {', "truncated"),
+    ('["a", "foreign", "file"]', "foreign JSON"),
+    ("\udcff".encode("utf-8", "surrogateescape").decode("latin-1"), "not UTF-8"),
+])
+def test_damaged_or_foreign_result_files_never_stop_later_runs(setup, caplog, content, fault):
+    tmp_path, config = setup
+    folder = tmp_path / "results" / "text_classification" / "toy"
+    folder.mkdir(parents=True)
+    (folder / "exp.json").write_text(content, encoding="latin-1")  # the experiment's own file
+    (folder / "other.json").write_text(content, encoding="latin-1")  # someone else's file in the folder
+    runner.run_experiment("text_classification", args(tmp_path, config, "--set", "modes=[semi_frozen]",
+                                                      "--set", "max_epochs=1"))
+    assert result(tmp_path)["complete"]
+    aside = list(folder.glob("exp.json.unreadable-*"))
+    assert len(aside) == 1 and aside[0].read_text(encoding="latin-1") == content
+    rows = (tmp_path / "results" / "summary.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("text_classification,toy")
+    moved = next(r.getMessage() for r in caplog.records if "moved to" in r.getMessage())
+    skipped = next(r.getMessage() for r in caplog.records if "left out of the summary" in r.getMessage())
+    faults.record("results", f"the experiment's result file is {fault}", "warning: " + moved, tmp_path)
+    faults.record("results", f"another file under results/ is {fault}", "warning: " + skipped, tmp_path)
