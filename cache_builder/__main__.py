@@ -7,6 +7,10 @@ Give an experiment file, and the cache is exactly the one its runs will read::
 or name the inputs directly::
 
     python -m cache_builder --task ner --dataset bc5cdr --model offline:all-MiniLM-L6-v2 --cut-layer 3 --data-dir DATA
+
+Check a built cache, rereading every byte against the checksums in its manifest::
+
+    python -m cache_builder verify caches/ner/bc5cdr/<folder>
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import os
 import sys
 
-from cache_builder.store import DTYPES
+from cache_builder.store import ARRAYS, DTYPES, ActivationCache, human_size
 from recycling.errors import UserError, exit_code
 from recycling.tasks import METRICS
 
@@ -58,7 +62,33 @@ def config_of(args: argparse.Namespace):
     return config
 
 
+def verify(argv: list[str]) -> int:
+    """``python -m cache_builder verify PATH``: the cheap check, then every checksum; one line out."""
+    p = argparse.ArgumentParser(prog="python -m cache_builder verify",
+                                description="Check a cache's structure and every array file's SHA-256.")
+    p.add_argument("path", help="the cache folder (the one holding manifest.json)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    def check():
+        cache = ActivationCache(args.path)
+        complete = cache.verify()
+        splits = ", ".join(
+            f"{name} ({r.get('features')} features, {r.get('tokens')} tokens, "
+            f"{human_size(sum((cache.path / name / a).stat().st_size for a in ARRAYS))})"
+            for name, r in cache.manifest["splits"].items())
+        what = ("every array file matches its SHA-256" if complete
+                else "structure only: no checksums recorded (rebuild to make it verifiable)")
+        print(f"ok: {cache.path}: {splits}; {what}")
+
+    return exit_code(check)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # A subcommand in front of the build's own arguments, which it leaves as they were.
+    if argv[:1] == ["verify"]:
+        return verify(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from recycling import hostmem

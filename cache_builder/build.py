@@ -17,11 +17,12 @@ import torch
 from tqdm.auto import tqdm
 
 import recycling
-from cache_builder.store import DTYPES, FORMAT_VERSION, MANIFEST, ActivationCache, SplitWriter
+from cache_builder.store import (ARRAYS, DTYPES, FORMAT_VERSION, MANIFEST, NO_ROOM, SPLIT_RECORD, ActivationCache,
+                                 SplitWriter, file_records, human_size)
 from recycling import encoders
 from recycling.batches import pad_ids
 from recycling.errors import UserError
-from recycling.files import write_json
+from recycling.files import fsync_dir, locked, write_json
 from recycling.results import device_name
 from recycling.tasks import Features
 
@@ -96,6 +97,27 @@ def default_cache_dir(cache_root: str | Path, task: str, dataset: str, model_nam
     return Path(cache_root) / task / dataset / f"{slug}-k{cut_layer}-{dtype}-{digest.hexdigest()[:12]}"
 
 
+def _reuse(cache_dir: Path, fp: dict) -> ActivationCache:
+    cache = ActivationCache(cache_dir)  # the cheap check: a damaged cache is refused, naming the file
+    fields = differing_fields(cache.fingerprint, fp)
+    if fields:
+        raise _refuse(cache_dir, cache.fingerprint, fp, fields)
+    logger.info("reusing cache %s", cache_dir)
+    return cache
+
+
+def _read_json_object(path: Path) -> dict | None:
+    """A JSON object an unfinished build recorded, or None if it is missing or unreadable."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        logger.warning("unreadable %s (%s)", path, err)
+        return None
+    return old if isinstance(old, dict) else None
+
+
 def build_cache(cache_dir: str | Path, model_name: str, model, cut_layer: int, splits: dict[str, CacheInput],
                 pad_id: int = 0, dtype: str = "float16", batch_size: int = 64, device: str | None = None,
                 extra: dict | None = None) -> ActivationCache:
@@ -103,6 +125,8 @@ def build_cache(cache_dir: str | Path, model_name: str, model, cut_layer: int, s
 
     ``model`` comes from ``recycling.encoders.load_encoder(model_name)`` and is not modified;
     ``pad_id`` is the tokenizer's padding id. ``extra`` is recorded in the manifest, not compared.
+    One process builds a given cache at a time (a lock file ``<cache_dir>.lock`` beside it); another
+    waits, then reuses what the first built.
     """
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
@@ -110,20 +134,36 @@ def build_cache(cache_dir: str | Path, model_name: str, model, cut_layer: int, s
     lower = encoders.lower_part(model, cut_layer)
     fp = fingerprint(model_name, lower, cut_layer, dtype, splits)
 
+    # Reusing a complete cache needs no lock (it is never modified), nor a writable parent folder.
     if (cache_dir / MANIFEST).is_file():
-        cache = ActivationCache(cache_dir)
-        fields = differing_fields(cache.fingerprint, fp)
-        if fields:
-            raise _refuse(cache_dir, cache.fingerprint, fp, fields)
-        logger.info("reusing cache %s", cache_dir)
-        return cache
+        return _reuse(cache_dir, fp)
+    with locked(cache_dir.with_name(cache_dir.name + ".lock"), f"cache {cache_dir}"):
+        # Whoever held the lock before may have just finished this very cache.
+        if (cache_dir / MANIFEST).is_file():
+            return _reuse(cache_dir, fp)
+        # An empty folder is harmless (the publishing rename replaces it); anything else is not ours.
+        if cache_dir.exists() and not (cache_dir.is_dir() and not any(cache_dir.iterdir())):
+            raise UserError(f"{cache_dir} exists but is not a complete cache (no {MANIFEST}): "
+                            "delete it or move it away, then rerun")
+        try:
+            return _build_locked(cache_dir, model_name, lower, cut_layer, splits, fp, pad_id, dtype,
+                                 batch_size, device, extra)
+        except OSError as err:
+            if err.errno not in NO_ROOM:
+                raise
+            raise UserError(f"not enough disk space for the cache at {cache_dir} ({err.strerror}): free some "
+                            "and rerun; finished splits are kept") from None
 
+
+def _build_locked(cache_dir: Path, model_name: str, lower, cut_layer: int, splits: dict[str, CacheInput], fp: dict,
+                  pad_id: int, dtype: str, batch_size: int, device: str | None, extra: dict | None) -> ActivationCache:
     partial = cache_dir.with_name(cache_dir.name + ".partial")
     fp_file = partial / "fingerprint.json"
     if partial.is_dir():
-        old = json.loads(fp_file.read_text()) if fp_file.is_file() else {}
+        old = _read_json_object(fp_file)
         if old != fp:
-            logger.warning("discarding unfinished cache %s built for other inputs", partial)
+            logger.warning("discarding unfinished cache %s: %s", partial,
+                           "built for other inputs" if old else "its fingerprint.json is missing or unreadable")
             shutil.rmtree(partial)
         else:
             logger.info("resuming unfinished cache %s", partial)
@@ -152,23 +192,43 @@ def build_cache(cache_dir: str | Path, model_name: str, model, cut_layer: int, s
     }
     write_json(partial / MANIFEST, manifest)
     os.replace(partial, cache_dir)
+    fsync_dir(cache_dir.parent)  # a power cut must not undo the publish
     logger.info("built cache %s in %.1fs", cache_dir, seconds)
     return ActivationCache(cache_dir)
 
 
 def _build_split(partial: Path, name: str, split: CacheInput, lower, pad_id: int, dtype: str,
                  batch_size: int, device: str) -> dict:
-    """Write one split into ``partial/name``; a split folder only appears once it is complete."""
+    """Write one split into ``partial/name``; a split folder only appears once it is complete.
+
+    Returns the split's stats with its files' sizes and SHA-256, as the manifest records them.
+    """
     final = partial / name
     ids = split.input_ids
     lengths = [len(r) for r in ids]
     stats = {"features": len(ids), "tokens": int(sum(lengths))}
     if final.is_dir():
-        return stats
+        files = _finished_files(final, stats)
+        if files is not None:
+            return {**stats, "files": files}
+        logger.warning("rebuilding split %s of unfinished cache %s: its record is missing or does not match",
+                       name, partial)
+        shutil.rmtree(final)
     tmp = partial / (name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    writer = SplitWriter(tmp, lengths, encoders.hidden_size(lower), dtype)
+    width = encoders.hidden_size(lower)
+    try:
+        writer = SplitWriter(tmp, lengths, width, dtype)
+    except OSError as err:
+        if err.errno not in NO_ROOM:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # give back what was reserved before the failure
+        cache_dir = partial.with_name(partial.name.removesuffix(".partial"))
+        free = shutil.disk_usage(partial).free
+        raise UserError(f"not enough disk space for the cache at {cache_dir}: need "
+                        f"{human_size(SplitWriter.nbytes(lengths, width, dtype))} for split {name}, "
+                        f"{human_size(free)} free ({err.strerror})") from None
     # Longest first: similar lengths share a batch (little padding), and memory peaks at once.
     order = sorted(range(len(ids)), key=lambda i: -lengths[i])
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -181,9 +241,30 @@ def _build_split(partial: Path, name: str, split: CacheInput, lower, pad_id: int
             hidden = encoders.run_lower(lower, input_ids.to(device), mask.to(device), types)
             for row, i in enumerate(batch):
                 writer.write(i, hidden[row, : lengths[i]])
-    writer.close()
+    writer.close()  # fsyncs both arrays
+    files = file_records(tmp)
+    write_json(tmp / SPLIT_RECORD, {**stats, "files": files})  # fsyncs it and the folder
     os.replace(tmp, final)
-    return stats
+    fsync_dir(partial)
+    return {**stats, "files": files}
+
+
+def _finished_files(folder: Path, stats: dict) -> dict | None:
+    """The recorded files of a split an earlier build published, if they still match their record.
+
+    Only sizes are compared (a resumed build must not reread GBs); a split from a builder that
+    kept no record is rebuilt rather than trusted.
+    """
+    record = _read_json_object(folder / SPLIT_RECORD)
+    if record is None or {k: record.get(k) for k in stats} != stats:
+        return None
+    files = record.get("files")
+    try:
+        if all(files[a]["bytes"] == (folder / a).stat().st_size for a in ARRAYS):
+            return files
+    except (OSError, KeyError, TypeError):
+        pass
+    return None
 
 
 def task_cache(features: dict[str, Features], *, task: str, dataset: str, model_name: str, model, cut_layer: int,

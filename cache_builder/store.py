@@ -5,6 +5,12 @@ Layout (all arrays are ``.npy`` files, opened memory-mapped)::
     <cache>/manifest.json        written last: a cache without it is not complete
     <cache>/<split>/hidden.npy   (n_tokens, hidden) cut-layer output of every token, no padding
     <cache>/<split>/offsets.npy  (n_features + 1,) int64: feature i is hidden[offsets[i]:offsets[i+1]]
+    <cache>/<split>/split.json   the split's size and checksums, written before the split is published
+
+The manifest records, per split, the byte size and SHA-256 of each array file. Opening a cache
+(:class:`ActivationCache`) checks its structure and sizes, which costs a few reads; ``verify()``
+also rereads every byte to compare the checksums. Caches written before checksums were recorded
+(same format) still open, and ``verify()`` says it cannot check them.
 
 A cache holds only what the frozen lower layers produced. Targets come from the task at run time,
 so one cache serves any label set, and features are addressed by their index in the split.
@@ -14,18 +20,66 @@ bfloat16 has no numpy dtype, so it is stored as its raw 16 bits (uint16) and vie
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from recycling.errors import UserError
+from recycling.files import file_sha256
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 NUMPY_STORAGE = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
+ARRAYS = ("hidden.npy", "offsets.npy")
+SPLIT_RECORD = "split.json"
+# The errors a write gives when there is no room for it: a full disk, a quota, a file size limit.
+NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def reserve(path: Path) -> None:
+    """Allocate every block of ``path`` now, so a full disk is an error here and never a SIGBUS later.
+
+    ``open_memmap`` leaves the file sparse, and a store through the memmap into a page the disk
+    has no room for kills the process with SIGBUS and no message.
+    """
+    size = path.stat().st_size
+    with open(path, "rb+") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                raise
+            # This filesystem cannot preallocate: the best left is to compare with the free space.
+            missing = size - os.fstat(f.fileno()).st_blocks * 512
+            if missing > shutil.disk_usage(path.parent).free:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+
+
+def human_size(nbytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if nbytes >= scale / 10:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes / 1e3:.1f} KB"
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def file_records(folder: Path) -> dict:
+    """Byte size and SHA-256 of each array file of a split, as the manifest records them."""
+    return {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+            for name in ARRAYS}
 
 
 def to_storage(hidden: torch.Tensor, dtype: str) -> np.ndarray:
@@ -37,7 +91,9 @@ class SplitWriter:
     """Fills the arrays of one split; rows may arrive in any order."""
 
     def __init__(self, folder: Path, lengths: list[int], hidden_size: int, dtype: str):
+        """Raises OSError (errno in NO_ROOM) when the disk has no room for the whole split."""
         folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
         self.dtype = dtype
         self.offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=self.offsets[1:])
@@ -46,6 +102,13 @@ class SplitWriter:
             folder / "hidden.npy", mode="w+", dtype=NUMPY_STORAGE[dtype],
             shape=(int(self.offsets[-1]), hidden_size),
         )
+        reserve(folder / "hidden.npy")
+
+    @staticmethod
+    def nbytes(lengths: list[int], hidden_size: int, dtype: str) -> int:
+        """About what a split of these lengths takes on disk (the .npy headers aside)."""
+        itemsize = np.dtype(NUMPY_STORAGE[dtype]).itemsize
+        return int(sum(lengths)) * hidden_size * itemsize + (len(lengths) + 1) * 8
 
     def write(self, index: int, rows: torch.Tensor) -> None:
         start, end = self.offsets[index], self.offsets[index + 1]
@@ -54,8 +117,11 @@ class SplitWriter:
         self.hidden[start:end] = to_storage(rows, self.dtype)
 
     def close(self) -> None:
+        """Flush and fsync both arrays: the split may be published (renamed) right after."""
         self.hidden.flush()
         del self.hidden
+        for name in ARRAYS:
+            fsync_file(self.folder / name)
 
 
 class CachedSplit:
@@ -96,25 +162,140 @@ class CachedSplit:
 
 
 class ActivationCache:
-    """A complete cache on disk: its manifest and its splits."""
+    """A complete cache on disk: its manifest and its splits.
+
+    Opening one checks, cheaply, that it is whole: a manifest that parses with the expected
+    fields, every split's folder and arrays present at the sizes the manifest records, offsets
+    that index exactly the fingerprint's features into the hidden array, and the hidden array's
+    shape and dtype. Any failure is a :class:`UserError` naming the file. Damage that keeps sizes
+    and structure (a flipped byte) is found only by :meth:`verify`, which rereads every byte.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         manifest = self.path / MANIFEST
         if not manifest.is_file():
             raise UserError(f"no complete cache at {self.path} (no {MANIFEST})")
-        self.manifest = json.loads(manifest.read_text())
-        version = self.manifest.get("fingerprint", {}).get("format")
+        self.manifest = self._read_manifest(manifest)
+        for name, record in self.manifest["splits"].items():
+            self._check_split(name, record)
+
+    def _damaged(self, what: str) -> UserError:
+        return UserError(f"{what}; delete {self.path} and rerun to rebuild the cache")
+
+    def _read_manifest(self, path: Path) -> dict:
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise self._damaged(f"cache manifest {path} is unreadable ({err})") from None
+        if not isinstance(manifest, dict):
+            raise self._damaged(f"cache manifest {path} is a JSON {type(manifest).__name__}, not an object")
+        fp = manifest.get("fingerprint")
+        if not isinstance(fp, dict):
+            raise self._damaged(f"cache manifest {path} has no 'fingerprint' object")
+        # Before any other field: a cache of another format is refused with how to rebuild it.
+        version = fp.get("format")
         if version != FORMAT_VERSION:
             raise UserError(
                 f"cache at {self.path} has format {version}, this version reads format {FORMAT_VERSION} "
                 "(label-free, fingerprinted by the exact token ids): delete that folder and rerun to rebuild it")
+        splits = manifest.get("splits")
+        problems = []
+        if not isinstance(splits, dict) or not all(isinstance(r, dict) for r in splits.values()):
+            problems.append("no 'splits' object")
+        if not isinstance(manifest.get("hidden_size"), int):
+            problems.append("no integer 'hidden_size'")
+        if fp.get("dtype") not in DTYPES:
+            problems.append(f"fingerprint.dtype {fp.get('dtype')!r} is not one of {', '.join(DTYPES)}")
+        features = fp.get("features")
+        if not isinstance(features, dict) or not all(isinstance(n, int) for n in features.values()):
+            problems.append("no 'fingerprint.features' object of counts")
+        elif isinstance(splits, dict) and set(features) != set(splits):
+            problems.append(f"splits {sorted(splits)} differ from the fingerprint's {sorted(features)}")
+        if problems:
+            raise self._damaged(f"cache manifest {path} is malformed: {'; '.join(problems)}")
+        return manifest
+
+    def _load(self, path: Path, mmap: bool) -> np.ndarray:
+        try:
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise self._damaged(f"cache file {path} is unreadable or truncated ({err})") from None
+
+    def _check_split(self, name: str, record: dict) -> None:
+        """The cheap check of one split: sizes, shapes and offsets, without reading the hidden rows."""
+        folder = self.path / name
+        if not folder.is_dir():
+            raise self._damaged(f"cache split folder {folder} is missing")
+        files = record.get("files")  # absent in caches built before checksums were recorded
+        if files is not None and not (isinstance(files, dict) and all(
+                isinstance(files.get(f), dict) and isinstance(files[f].get("bytes"), int)
+                and isinstance(files[f].get("sha256"), str) for f in ARRAYS)):
+            raise self._damaged(f"cache manifest {self.path / MANIFEST} has a malformed 'splits.{name}.files'")
+        for array in ARRAYS:
+            path = folder / array
+            if not path.is_file():
+                raise self._damaged(f"cache file {path} is missing")
+            if files is not None and path.stat().st_size != files[array]["bytes"]:
+                raise self._damaged(
+                    f"cache file {path} has {path.stat().st_size} bytes, the manifest records "
+                    f"{files[array]['bytes']} (truncated or replaced)")
+        offsets_path, hidden_path = folder / "offsets.npy", folder / "hidden.npy"
+        offsets = self._load(offsets_path, mmap=False)
+        hidden = self._load(hidden_path, mmap=True)
+        n = self.fingerprint["features"][name]
+        if offsets.dtype != np.int64 or offsets.shape != (n + 1,):
+            raise self._damaged(f"cache file {offsets_path} holds {offsets.dtype} {offsets.shape}, "
+                                f"expected int64 ({n + 1},) for the fingerprint's {n} features")
+        if offsets[0] != 0:
+            raise self._damaged(f"cache file {offsets_path} starts at {offsets[0]}, not 0")
+        steps = np.diff(offsets)
+        if (steps < 0).any():
+            i = int(np.argmax(steps < 0))
+            raise self._damaged(f"cache file {offsets_path} is not non-decreasing (feature {i} ends "
+                                f"at row {offsets[i + 1]}, before it starts at row {offsets[i]})")
+        dtype, width = np.dtype(NUMPY_STORAGE[self.fingerprint["dtype"]]), self.manifest["hidden_size"]
+        if hidden.ndim != 2 or hidden.shape[1] != width or hidden.dtype != dtype:
+            raise self._damaged(f"cache file {hidden_path} holds {hidden.dtype} {hidden.shape}, "
+                                f"expected {dtype} rows of {width}")
+        if offsets[-1] != hidden.shape[0]:
+            raise self._damaged(f"cache file {offsets_path} ends at row {offsets[-1]}, "
+                                f"but {hidden_path} has {hidden.shape[0]} rows")
+
+    def verify(self) -> bool:
+        """Recompute every array file's SHA-256 (a full read) and compare it with the manifest.
+
+        Raises :class:`UserError` naming the first file that differs. Returns False, with a
+        warning, when the cache predates checksums and so cannot be verified beyond the cheap check.
+        """
+        unverifiable = []
+        for name, record in self.manifest["splits"].items():
+            files = record.get("files")
+            if files is None:
+                unverifiable.append(name)
+                continue
+            for array in ARRAYS:
+                path = self.path / name / array
+                try:
+                    digest = file_sha256(path)
+                except OSError as err:
+                    raise self._damaged(f"cache file {path} is unreadable ({err.strerror})") from None
+                if digest != files[array]["sha256"]:
+                    raise self._damaged(f"cache file {path} is corrupt: its SHA-256 differs from the manifest's")
+        if unverifiable:
+            logger.warning("cache %s records no checksums for split(s) %s (built before they were recorded): "
+                           "only its structure was checked; rebuild it to make it verifiable",
+                           self.path, ", ".join(unverifiable))
+            return False
+        return True
 
     @property
     def fingerprint(self) -> dict:
         return self.manifest["fingerprint"]
 
     def split(self, name: str) -> CachedSplit:
+        if name not in self.manifest["splits"]:
+            raise UserError(f"cache at {self.path} has no split '{name}' (it has {', '.join(self.manifest['splits'])})")
         return CachedSplit(self.path / name, self.fingerprint["dtype"])
 
     def nbytes(self) -> int:
