@@ -4,7 +4,8 @@ One word per line, the word in the first column and its entity tag in the last; 
 (POS, chunk) are ignored. Blank lines and ``-DOCSTART-`` lines end a sentence. Releases of this
 format disagree on details (tabs or spaces, CRLF, a BOM, IOB1/IO instead of IOB2), so the reader
 accepts all of them and normalizes tags to IOB2. Every problem is reported as a ``UserError``
-naming the file and, where one is concerned, the line.
+naming the file and, where one is concerned, the line. A file to predict on may have the word
+column only (``require_tags=False``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ _ACCEPTED = "expected O, B-TYPE, I-TYPE, B or I"
 @dataclass
 class Sentence:
     words: list[str]
-    tags: list[str]  # IOB2
+    tags: list[str] | None  # IOB2; None in an unlabelled split (a file to predict on without tags)
     line: int  # 1-based line of the first word; word i is on line + i
 
 
@@ -37,6 +38,10 @@ class Sentence:
 class NerSplit:
     path: Path
     sentences: list[Sentence]
+
+    @property
+    def labelled(self) -> bool:
+        return all(s.tags is not None for s in self.sentences)
 
 
 @dataclass
@@ -82,10 +87,14 @@ def to_iob2(tags: list[str]) -> list[str]:
 
 def _decoded_lines(path: Path) -> list[str]:
     """The file's physical lines as text, decoded one by one so a bad byte is reported with its line."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a data file")
+    if not path.exists():
+        raise UserError(f"missing data file: {path}")
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     lines = []
@@ -99,19 +108,24 @@ def _decoded_lines(path: Path) -> list[str]:
     return lines
 
 
-def read_conll(path: Path) -> NerSplit:
-    """Read one split; tags are checked, then normalized to IOB2 sentence by sentence."""
+def read_conll(path: Path, require_tags: bool = True, tag_names: list[str] | None = None) -> NerSplit:
+    """Read one split; tags are checked, then normalized to IOB2 sentence by sentence.
+
+    ``require_tags=False`` (a file to predict on): a line may hold the word alone; unless every word
+    has a tag the split is unlabelled (every sentence's ``tags`` None), and tags that are there are
+    still checked. ``tag_names``: the tags a trained model knows; when the split is labelled, a
+    (normalized) tag outside them is an error naming its line.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"missing data file: {path}")
     sentences: list[Sentence] = []
     words: list[str] = []
-    tags: list[str] = []
+    tags: list[str | None] = []
     first_line = 0
 
     def end_sentence() -> None:
         if words:
-            sentences.append(Sentence(list(words), to_iob2(tags), first_line))
+            complete = all(t is not None for t in tags)
+            sentences.append(Sentence(list(words), to_iob2(tags) if complete else None, first_line))
             words.clear()
             tags.clear()
 
@@ -121,10 +135,10 @@ def read_conll(path: Path) -> NerSplit:
             end_sentence()
             continue
         where = f"{path}:{line_no}"
-        if len(columns) < 2:
+        if len(columns) < 2 and require_tags:
             raise UserError(f"{where}: expected at least 2 columns (word ... tag), got {line.strip()!r}")
-        tag = columns[-1]
-        if not _TAG.fullmatch(tag):
+        tag = columns[-1] if len(columns) >= 2 else None
+        if tag is not None and not _TAG.fullmatch(tag):
             raise UserError(f"{where}: unknown tag '{tag}' ({_ACCEPTED})")
         if not words:
             first_line = line_no
@@ -133,7 +147,23 @@ def read_conll(path: Path) -> NerSplit:
     end_sentence()
     if not sentences:
         raise UserError(f"{path}: no sentences")
-    return NerSplit(path, sentences)
+    split = NerSplit(path, sentences)
+    if not split.labelled:
+        for sentence in sentences:
+            sentence.tags = None  # half-tagged files are not scored: drop what tags there were
+    elif tag_names is not None:
+        check_tags(split, tag_names, "is not one the model was trained on (it knows")
+    return split
+
+
+def check_tags(split: NerSplit, tag_names: list[str], complaint: str) -> None:
+    """Every tag of a labelled split must be one of ``tag_names``: a tagger cannot predict any other."""
+    known = set(tag_names)
+    for sent in split.sentences:
+        for offset, tag in enumerate(sent.tags):
+            if tag not in known:
+                raise UserError(f"{split.path}:{sent.line + offset}: tag '{tag}' {complaint}: "
+                                f"{', '.join(tag_names)})")
 
 
 def _tag_order(tag: str) -> tuple[bool, str]:
@@ -145,12 +175,6 @@ def load_dataset(data_dir: str | Path, name: str) -> NerDataset:
     folder = dataset_dir(data_dir, "ner", name)
     splits = {s: read_conll(folder / f"{s}.txt") for s in SPLITS}
     tag_names = sorted({t for sent in splits["train"].sentences for t in sent.tags}, key=_tag_order)
-    known = set(tag_names)
     for s in ("dev", "test"):
-        split = splits[s]
-        for sent in split.sentences:
-            for offset, tag in enumerate(sent.tags):
-                if tag not in known:
-                    raise UserError(f"{split.path}:{sent.line + offset}: tag '{tag}' not in train "
-                                    f"(train has: {', '.join(tag_names)})")
+        check_tags(splits[s], tag_names, "not in train (train has")
     return NerDataset(name, splits, tag_names)

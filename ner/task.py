@@ -12,9 +12,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from recycling.errors import UserError
 from recycling.heads import IGNORE, TokenClassificationHead
 from recycling.tasks import Features, Task
-from ner.data import NerDataset, load_dataset
+from ner.data import NerDataset, load_dataset, read_conll
 from ner.metrics import ner_scores
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,14 @@ class NerTask(Task):
     def load(self, data_dir: str | Path, config) -> NerDataset:
         return load_dataset(data_dir, config.dataset).head(config.max_examples)
 
+    def load_file(self, path: Path, config, description: dict) -> NerDataset:
+        tag_names = self.saved_labels(description)
+        split = read_conll(Path(path), require_tags=False, tag_names=tag_names)
+        return NerDataset(config.dataset, {"predict": split}, tag_names)
+
+    def labelled(self, data: NerDataset, split: str) -> bool:
+        return data.splits[split].labelled
+
     def features(self, data: NerDataset, split: str, tokenizer, config) -> Features:
         sentences = data.splits[split].sentences
         tag_id = {tag: i for i, tag in enumerate(data.tag_names)}
@@ -110,7 +119,9 @@ class NerTask(Task):
                     if not pieces[w]:
                         continue
                     at = starts[w] - starts[first]
-                    target[at] = tag_id[sentence.tags[w]]
+                    # Unlabelled (a file to predict on): no targets at all, so the loss reads nothing.
+                    if sentence.tags is not None:
+                        target[at] = tag_id[sentence.tags[w]]
                     margin = min(at, len(tokens) - 1 - at)
                     if margin > best[w][0]:
                         best[w] = (margin, feature, at + before)
@@ -141,9 +152,20 @@ class NerTask(Task):
         return tags
 
     def score(self, data: NerDataset, split: str, features: Features, outputs: list) -> dict[str, float]:
+        if not self.labelled(data, split):
+            raise UserError(f"{data.splits[split].path}: not every word has a tag, so there is nothing to score")
         gold = [s.tags for s in data.splits[split].sentences]
         return ner_scores(gold, self.predict(data, split, features, outputs), data.tag_names)
 
     def describe(self, data: NerDataset) -> dict:
         return {"label_names": data.tag_names,
                 "examples": {name: len(s.sentences) for name, s in data.splits.items()}}
+
+    def write_predictions(self, data: NerDataset, split: str, predictions: list[list[str]], path: Path) -> None:
+        """CoNLL: ``word<TAB>tag`` per word, a blank line after each sentence; reads back with ``read_conll``."""
+        sentences = data.splits[split].sentences
+        if len(predictions) != len(sentences) or any(len(p) != len(s.words) for p, s in zip(predictions, sentences)):
+            raise ValueError("predictions do not match the split's sentences word for word")
+        blocks = ("".join(f"{word}\t{tag}\n" for word, tag in zip(s.words, tags))
+                  for s, tags in zip(sentences, predictions))
+        self.write_atomically(Path(path), "\n".join(blocks))

@@ -5,6 +5,7 @@ unanswerable questions are skipped (and counted in one warning) rather than reje
 answer is checked against its ``answer_start``: training targets are built from those offsets, so
 an answer that is not where the file says would silently teach the model the wrong span. Every
 problem is reported as a ``UserError`` naming the file and, where one is concerned, the question id.
+A file to predict on may leave the answers out (``require_answers=False``).
 
 SQuAD's test set is not public, so a dataset may have no dev file; dev is then a held-out slice of
 train's *articles* (not questions), since questions on one paragraph share their context and would
@@ -34,7 +35,7 @@ class QaExample:
     id: str
     question: str
     context: str
-    answers: list[str]  # reference answer texts, all of them (dev/test have up to 3 in SQuAD v1.1)
+    answers: list[str]  # reference answer texts, all of them (dev/test have up to 3 in SQuAD v1.1); [] unlabelled
     answer_starts: list[int]  # character offset of each answer in context, same order
     article: int  # index of the article (entry of "data") in its file: held-out splits are by article
 
@@ -43,6 +44,10 @@ class QaExample:
 class QaSplit:
     path: Path
     examples: list[QaExample]
+
+    @property
+    def labelled(self) -> bool:
+        return all(ex.answers for ex in self.examples)
 
 
 @dataclass
@@ -69,12 +74,14 @@ class _RawQuestion:
 
 def _load_json(path: Path) -> Any:
     """The parsed file; decoding and syntax errors carry a position so the user can find them."""
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a data file")
+    if not path.exists():
         raise UserError(f"missing data file: {path}")
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
     try:
         # utf-8-sig drops a leading BOM, which json.loads would otherwise refuse.
         text = data.decode("utf-8-sig")
@@ -86,11 +93,24 @@ def _load_json(path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}:{err.colno}: malformed JSON ({err.msg})") from None
+    except RecursionError:
+        raise UserError(f"{path}: malformed JSON (nested too deeply)") from None
+    except ValueError as err:  # e.g. an integer of 5,000 digits; json gives no position for these
+        raise UserError(f"{path}: malformed JSON ({str(err).split(':')[0]})") from None
+
+
+def _lone_surrogate(text: str) -> bool:
+    """JSON's \\ud800-style escapes can produce half a character, which no tokenizer or file accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _article_name(index: int, article: Any) -> str:
     title = article.get("title") if isinstance(article, dict) else None
-    return f"article {index} ('{title}')" if isinstance(title, str) else f"article {index}"
+    return f"article {index} ({title!r})" if isinstance(title, str) else f"article {index}"
 
 
 def _raw_questions(path: Path, root: Any) -> list[_RawQuestion]:
@@ -121,18 +141,31 @@ def _answers(where: str, context: str, answers: list[Any]) -> tuple[list[str], l
         text, start = answer["text"], answer.get("answer_start")
         if not text.strip():
             raise UserError(f"{where}: empty answer text")
+        if _lone_surrogate(text):
+            raise UserError(f"{where}: answer text is not valid Unicode (a lone surrogate escape)")
         # bool is an int subclass; true/false in the file is a mistake, not an offset.
         if not isinstance(start, int) or isinstance(start, bool):
-            raise UserError(f"{where}: answer '{text}': answer_start is not an integer (got {start!r})")
+            raise UserError(f"{where}: answer {text!r}: answer_start is not an integer (got {_short(start)})")
         if start < 0 or context[start:start + len(text)] != text:
-            raise UserError(f"{where}: answer '{text}' is not at answer_start {start}")
+            raise UserError(f"{where}: answer {text!r} is not at answer_start {start}")
         texts.append(text)
         starts.append(start)
     return texts, starts
 
 
-def read_squad(path: Path) -> QaSplit:
-    """Read one SQuAD v1.1/v2.0 file into its answerable questions, in file order."""
+def _short(value: Any) -> str:
+    """A value for a message: its repr, cut so a whole article pasted into a field stays one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def read_squad(path: Path, require_answers: bool = True) -> QaSplit:
+    """Read one SQuAD v1.1/v2.0 file into its answerable questions, in file order.
+
+    ``require_answers=False`` (a file to predict on): every question is kept, and one with no
+    ``answers`` key, an empty list or ``is_impossible`` gets no answers (``answers == []``); answers
+    that are there are still checked. The split is labelled when every question has one.
+    """
     path = Path(path)
     root = _load_json(path)
     questions = _raw_questions(path, root)
@@ -147,18 +180,26 @@ def read_squad(path: Path) -> QaSplit:
     for raw in questions:
         qa = raw.qa
         qid = qa["id"]
-        where = f"{path}: question '{qid}'"
+        where = f"{path}: question {qid!r}"
         if qid in seen:
             raise UserError(f"{where}: duplicate question id")
         seen.add(qid)
+        if _lone_surrogate(qid):
+            raise UserError(f"{where}: id is not valid Unicode (a lone surrogate escape)")
         if not isinstance(raw.context, str) or not raw.context.strip():
             raise UserError(f"{where}: empty or missing context")
         question = qa.get("question")
         if not isinstance(question, str) or not question.strip():
             raise UserError(f"{where}: empty or missing question text")
+        for text, what in ((raw.context, "context"), (question, "question text")):
+            if _lone_surrogate(text):
+                raise UserError(f"{where}: {what} is not valid Unicode (a lone surrogate escape)")
         impossible = qa.get("is_impossible", False)
         if not isinstance(impossible, bool):
-            raise UserError(f"{where}: is_impossible must be true or false (got {impossible!r})")
+            raise UserError(f"{where}: is_impossible must be true or false (got {_short(impossible)})")
+        if not require_answers and (impossible or qa.get("answers", []) == []):
+            examples.append(QaExample(qid, question, raw.context, [], [], raw.article))
+            continue
         answers = qa.get("answers")
         if not isinstance(answers, list):
             raise UserError(f"{where}: missing \"answers\" list")

@@ -10,13 +10,14 @@ question, the best start/end pair over all of its windows: start <= end, at most
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from qa.data import QaDataset, load_dataset
+from qa.data import QaDataset, load_dataset, read_squad
 from qa.metrics import squad_scores
 from recycling.errors import UserError
 from recycling.heads import SpanHead
@@ -39,6 +40,8 @@ def answer_positions(offsets: list[tuple[int, int] | None], start_char: int, end
     """Token positions of the answer's first and last token, or (0, 0) when the window does not
     hold the whole answer."""
     context = [i for i, span in enumerate(offsets) if span is not None]
+    if not context:  # a context the tokenizer turns into no tokens at all (e.g. only zero-width spaces)
+        return 0, 0
     first, last = context[0], context[-1]
     if offsets[first][0] > start_char or offsets[last][1] < end_char:
         return 0, 0
@@ -80,6 +83,14 @@ class QaTask(Task):
                             config.qa_test_file, config.dev_fraction)
         return data.head(config.max_examples)
 
+    def load_file(self, path: Path, config, description: dict) -> QaDataset:
+        # Spans need no label set: ``description`` has nothing the new file must agree with.
+        return QaDataset(config.dataset, {"predict": read_squad(Path(path), require_answers=False)},
+                         dev_held_out=False)
+
+    def labelled(self, data: QaDataset, split: str) -> bool:
+        return data.splits[split].labelled
+
     def features(self, data: QaDataset, split: str, tokenizer, config) -> Features:
         examples = data.splits[split].examples
         try:
@@ -97,8 +108,11 @@ class QaTask(Task):
             sequence = enc.sequence_ids(f)
             offsets = [tuple(span) if sequence[i] == 1 else None for i, span in enumerate(enc["offset_mapping"][f])]
             example = examples[example_index]
-            start_char = example.answer_starts[0]
-            start, end = answer_positions(offsets, start_char, start_char + len(example.answers[0]))
+            if example.answers:
+                start_char = example.answer_starts[0]
+                start, end = answer_positions(offsets, start_char, start_char + len(example.answers[0]))
+            else:  # a question to predict on: "not in this window" is the placeholder target
+                start, end = 0, 0
             starts.append(start)
             ends.append(end)
             meta.example.append(example_index)
@@ -129,8 +143,15 @@ class QaTask(Task):
         return answers
 
     def score(self, data: QaDataset, split: str, features: Features, outputs: list) -> dict[str, float]:
+        if not self.labelled(data, split):
+            raise UserError(f"{data.splits[split].path}: not every question has an answer, "
+                            f"so there is nothing to score")
         return squad_scores(self.predict(data, split, features, outputs), data.splits[split].examples)
 
     def describe(self, data: QaDataset) -> dict:
         return {"examples": {name: len(s.examples) for name, s in data.splits.items()},
                 "dev_held_out_from_train": data.dev_held_out}
+
+    def write_predictions(self, data: QaDataset, split: str, predictions: dict[str, str], path: Path) -> None:
+        """The official ``{question id: answer}`` JSON that SQuAD's evaluation script reads."""
+        self.write_atomically(Path(path), json.dumps(predictions, indent=2, ensure_ascii=False) + "\n")

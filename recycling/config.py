@@ -273,15 +273,87 @@ def _checked(key: str, value, source: str):
     return value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, stricter where a config is concerned, and always failing with a YAMLError.
+
+    A key given twice in one mapping (safe_load silently keeps the last), a value no constructor can
+    build (``2001-13-45``, an integer of 5,000 digits: ValueError without a position from safe_load)
+    and half a character from a ``"\\ud800"`` escape (which later fails in every path or file name)
+    all become YAML errors marked with their line.
+    """
+
+    def construct_object(self, node, deep=False):
+        try:
+            value = super().construct_object(node, deep)
+        except (ValueError, TypeError, OverflowError) as err:
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read this value ({str(err).split(':')[0]})",
+                                                    node.start_mark) from None
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise yaml.constructor.ConstructorError(None, None, "a string with half a character "
+                                                        "(a lone surrogate escape)", node.start_mark) from None
+        return value
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may legitimately repeat keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+            except TypeError:  # unhashable: the base class reports it, with its position
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(err: BaseException, text: str) -> tuple[int | None, str]:
+    """``(1-based line or None, what is wrong)`` of a failed ``_StrictLoader`` load of ``text``."""
+    if isinstance(err, RecursionError):
+        return None, "nested too deeply"
+    if isinstance(err, yaml.reader.ReaderError):  # a character YAML does not allow; only a position
+        code = err.character if isinstance(err.character, int) else ord(err.character)
+        return text.count("\n", 0, err.position) + 1, f"character {code:#x} is not allowed"
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or getattr(err, "context", None) or str(err).splitlines()[0]
+    return (mark.line + 1 if mark is not None else None), str(problem).replace("\n", " ")
+
+
 def _read_yaml(path: Path) -> dict:
+    """The file's mapping; every problem (unreadable bytes, YAML syntax, values no constructor can
+    build, keys that are not names) is a UserError naming the file and, where known, the line."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a config file")
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+        raw = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise UserError(f"{path}:{line}: not valid UTF-8 (byte {raw[err.start]:#04x})") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except (yaml.YAMLError, RecursionError) as err:
+        line, problem = _yaml_problem(err, text)
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        raise UserError(f"{where}: invalid YAML ({problem})") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of keys to values")
+    for key in data:
+        if not isinstance(key, str):
+            raise UserError(f"{path}: key {key!r} is not a setting name")
     return data
 
 
@@ -306,13 +378,17 @@ def _layer(path: Path, seen: tuple = ()) -> dict[str, tuple]:
 
 
 def parse_override(text: str) -> tuple[str, object]:
+    """``--set key=value``: the key and the value as YAML reads it; errors are one line (repr keeps a
+    newline or an undecodable byte of the command line from breaking it)."""
     if "=" not in text:
-        raise UserError(f"--set expects key=value, got '{text}'")
+        raise UserError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
+    key = key.strip()
     try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise UserError(f"--set {key}: cannot parse value '{raw}'") from None
+        return key, yaml.load(raw, Loader=_StrictLoader)
+    except (yaml.YAMLError, RecursionError) as err:
+        name = key if key.isidentifier() else repr(key)
+        raise UserError(f"--set {name}: cannot parse value {raw!r} ({_yaml_problem(err, raw)[1]})") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> tuple[ExperimentConfig, dict[str, str]]:

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from recycling.errors import UserError
+from recycling.files import write_text
 
 # name -> "module:class"; imported only when used, so configs can be checked without torch models.
 REGISTRY = {
@@ -83,6 +84,48 @@ class Task:
     def describe(self, data) -> dict:
         """What the result file records about the data (label names, example counts)."""
         raise NotImplementedError
+
+    def load_file(self, path: Path, config, description: dict) -> Any:
+        """One data file to predict on, as this task's dataset object with the single split "predict".
+
+        ``description`` is what ``describe(data)`` returned for the training data (it holds the label
+        set / tag set); the new data uses exactly that label set. Labels in the file are optional: when
+        every example has them they are read (so ``score`` works on the split; a label outside the
+        saved set is a ``UserError`` naming file and line); otherwise the split is unlabelled,
+        ``features`` gives placeholder targets that the loss may read but that mean nothing, and only
+        ``predict`` is meaningful.
+        """
+        raise NotImplementedError
+
+    def labelled(self, data, split: str) -> bool:
+        """Whether every example of ``split`` has its label (tags, answers), so ``score`` means something."""
+        raise NotImplementedError
+
+    def write_predictions(self, data, split: str, predictions, path: Path) -> None:
+        """Write ``predict(...)``'s output for ``split``: text classification as JSON lines, one object
+        per input line with the text and the predicted label under the configured text/label field
+        names; NER as CoNLL, one ``word<TAB>predicted tag`` line per word, sentences separated by blank
+        lines; QA as the official ``{question id: answer}`` JSON. Written atomically (a temporary file
+        in the same folder from ``tempfile.mkstemp``, then ``os.replace``)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def saved_labels(description: dict) -> list[str]:
+        """The label (tag) names a saved model's ``describe`` output holds; a description without them
+        comes from another task or a damaged ``model.json``."""
+        names = description.get("label_names") if isinstance(description, dict) else None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise UserError("the saved model's data description has no list of label names")
+        return names
+
+    @staticmethod
+    def write_atomically(path: Path, text: str) -> None:
+        """``text`` to ``path`` through a unique temporary file beside it, so no reader (nor an
+        interrupted run) ever sees half a predictions file; a path that cannot be written is a UserError."""
+        try:
+            write_text(Path(path), text)
+        except OSError as err:
+            raise UserError(f"{path}: cannot write predictions ({err.strerror or err})") from None
 
 
 def get_task(name: str) -> Task:

@@ -5,6 +5,7 @@ import pytest
 
 from ner.data import NerDataset, Sentence, load_dataset, read_conll, to_iob2
 from recycling.errors import UserError
+from tests import faults
 
 # Two documents; the middle sentence is followed straight by -DOCSTART-, and the file lacks a final newline.
 TAB_FILE = (
@@ -87,19 +88,24 @@ def test_to_iob2_rejects_unknown_tags():
         to_iob2(["O", "E-X"])
 
 
-@pytest.mark.parametrize("bad_line,message", [
-    ("w\tNN\tX-Foo", r"x\.txt:3: unknown tag 'X-Foo' \(expected O, B-TYPE, I-TYPE, B or I\)"),
-    ("w\tE-Foo", r"x\.txt:3: unknown tag 'E-Foo'"),
-    ("w\tS-Foo", r"x\.txt:3: unknown tag 'S-Foo'"),
-    ("w\tfoo", r"x\.txt:3: unknown tag 'foo'"),
-    ("w\tB-", r"x\.txt:3: unknown tag 'B-'"),
-    ("lonely", r"x\.txt:3: expected at least 2 columns"),
-])
-def test_bad_lines_name_file_and_line(tmp_path, bad_line, message):
+BAD_LINES = {
+    "a tag X-Foo": ("w\tNN\tX-Foo", r"x\.txt:3: unknown tag 'X-Foo' \(expected O, B-TYPE, I-TYPE, B or I\)"),
+    "an IOBES tag E-Foo": ("w\tE-Foo", r"x\.txt:3: unknown tag 'E-Foo'"),
+    "an IOBES tag S-Foo": ("w\tS-Foo", r"x\.txt:3: unknown tag 'S-Foo'"),
+    "a tag foo": ("w\tfoo", r"x\.txt:3: unknown tag 'foo'"),
+    "a tag B- without a type": ("w\tB-", r"x\.txt:3: unknown tag 'B-'"),
+    "a word without a tag column": ("lonely", r"x\.txt:3: expected at least 2 columns"),
+}
+
+
+@pytest.mark.parametrize("fault", BAD_LINES)
+def test_bad_lines_name_file_and_line(tmp_path, fault):
+    bad_line, message = BAD_LINES[fault]
     path = write(tmp_path / "x.txt", f"a\tO\n\n{bad_line}\nb\tO\n")
     with pytest.raises(UserError, match=message) as err:
         read_conll(path)
     assert str(err.value).startswith(f"{path}:3: ") and "\n" not in str(err.value)
+    faults.record("data", f"{fault} in a CoNLL file", str(err.value), tmp_path)
 
 
 def test_invalid_utf8_names_file_and_line(tmp_path):
@@ -107,6 +113,24 @@ def test_invalid_utf8_names_file_and_line(tmp_path):
     with pytest.raises(UserError, match=r"x\.txt:3: not valid UTF-8") as err:
         read_conll(path)
     assert str(err.value).startswith(f"{path}:3: ")
+    faults.record("data", "a CoNLL file with bytes that are not UTF-8", str(err.value), tmp_path)
+
+
+def test_a_directory_and_an_unreadable_file(tmp_path, monkeypatch):
+    (tmp_path / "d.txt").mkdir()
+    with pytest.raises(UserError) as err:
+        read_conll(tmp_path / "d.txt")
+    assert str(err.value) == f"{tmp_path / 'd.txt'}: is a directory, not a data file"
+    faults.record("data", "a CoNLL split that is a directory", str(err.value), tmp_path)
+    path = write(tmp_path / "x.txt", "a\tO\n")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(Path, "read_bytes", refuse)  # tests may run as root, where chmod 000 reads anyway
+    with pytest.raises(UserError) as err:
+        read_conll(path)
+    assert str(err.value) == f"{path}: cannot read (Permission denied)"
+    faults.record("data", "a CoNLL file without read permission", str(err.value), tmp_path)
 
 
 def test_non_ascii_words_are_kept(tmp_path):
@@ -116,8 +140,9 @@ def test_non_ascii_words_are_kept(tmp_path):
 
 def test_file_without_sentences(tmp_path):
     path = write(tmp_path / "x.txt", "-DOCSTART- -X- O\n\n  \n")
-    with pytest.raises(UserError, match=re.escape(f"{path}: no sentences")):
+    with pytest.raises(UserError, match=re.escape(f"{path}: no sentences")) as err:
         read_conll(path)
+    faults.record("data", "a CoNLL file with only -DOCSTART- and blank lines", str(err.value), tmp_path)
 
 
 def test_load_dataset_tag_names_and_head(tmp_path):
@@ -141,6 +166,7 @@ def test_dev_tag_not_in_train_names_its_line(tmp_path):
     with pytest.raises(UserError) as err:
         load_dataset(tmp_path, "toy")
     assert str(err.value) == f"{folder / 'dev.txt'}:5: tag 'I-X' not in train (train has: O, B-X)"
+    faults.record("data", "a dev tag that train lacks (NER)", str(err.value), tmp_path)
 
 
 def test_empty_split(tmp_path):
@@ -205,3 +231,30 @@ def test_shared_ncbi_disease(shared_data):
     counts = [len(ds.splits[s].sentences) for s in ("train", "dev", "test")]
     assert counts == [count_sentences(folder / f"{s}.txt") for s in ("train", "dev", "test")]
     assert counts == [5424, 923, 940]
+
+
+def test_unlabelled_files_one_column_or_all_columns(tmp_path):
+    words = read_conll(write(tmp_path / "w.txt", "-DOCSTART-\n\nAspirin\nhelps\n\nPain\n"), require_tags=False)
+    assert not words.labelled
+    assert words.sentences == [Sentence(["Aspirin", "helps"], None, 3), Sentence(["Pain"], None, 6)]
+    full = read_conll(write(tmp_path / "f.txt", TAB_FILE), require_tags=False)
+    assert full.labelled and full.sentences == TAB_SENTENCES
+    # one word without its tag: nothing of the file is scored, words are all still there
+    mixed = read_conll(write(tmp_path / "m.txt", "a\tB-X\nb\n\nc\tO\n"), require_tags=False)
+    assert not mixed.labelled and [s.tags for s in mixed.sentences] == [None, None]
+    assert [s.words for s in mixed.sentences] == [["a", "b"], ["c"]]
+
+
+def test_tags_present_in_an_unlabelled_file_are_still_checked(tmp_path):
+    path = write(tmp_path / "x.txt", "a\nb\tE-X\n")
+    with pytest.raises(UserError, match=re.escape(f"{path}:2: unknown tag 'E-X'")):
+        read_conll(path, require_tags=False)
+
+
+def test_a_tag_outside_the_saved_set_names_its_line_after_normalization(tmp_path):
+    path = write(tmp_path / "x.txt", "a\tO\n\nb\tI-X\nc\tI-Y\n")  # IO: I-Y starts a mention, so B-Y
+    with pytest.raises(UserError) as err:
+        read_conll(path, require_tags=False, tag_names=["O", "B-X", "I-X"])
+    assert str(err.value) == f"{path}:4: tag 'B-Y' is not one the model was trained on (it knows: O, B-X, I-X)"
+    faults.record("data", "a tag the saved model does not know, in a CoNLL file to predict on", str(err.value),
+                  tmp_path)

@@ -11,8 +11,9 @@ import torch
 
 from recycling.config import ExperimentConfig
 from recycling.encoders import load_encoder
+from recycling.errors import UserError
 from recycling.heads import IGNORE
-from ner.data import load_dataset
+from ner.data import load_dataset, read_conll
 from ner.task import NerTask, special_layout, windows
 from tests.helpers import save_tiny_bert, write_conll, write_toy_ner
 
@@ -158,3 +159,53 @@ def test_ner_bad_input_is_one_line_naming_file_and_line(ner_setup):
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
     assert "dev.txt:4: tag 'B-Plant' not in train" in line
     assert not (tmp_path / "results").exists() and not (tmp_path / "caches").exists()
+
+
+# ---- a file to predict on (NerTask.load_file / labelled / write_predictions)
+
+def write_words_only(path: Path, sentences: list[list[tuple[str, str]]]) -> Path:
+    """The same sentences as ``write_conll`` writes, one column (the word) per line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join("\n".join(w for w, _ in sentence) for sentence in sentences) + "\n")
+    return path
+
+
+def test_unlabelled_conll_gives_the_same_features_and_predictions_round_trip(tokenizer, tmp_path):
+    long_sentence = [("cat", "B-Animal") if i % 5 == 0 else ("word", "O") for i in range(30)]
+    sentences = [[("the", "O"), ("big", "O"), ("cat", "B-Animal"), ("cats", "I-Animal")], long_sentence]
+    task, cfg = NerTask(), config(max_length=24, window_stride=6)  # the long sentence takes several windows
+    saved = {"label_names": ["O", "B-Animal", "I-Animal"], "examples": {"train": 25}}
+    labelled = task.load_file(write_conll(tmp_path / "l.txt", sentences), cfg, saved)
+    bare = task.load_file(write_words_only(tmp_path / "u.txt", sentences), cfg, saved)
+    assert task.labelled(labelled, "predict") and not task.labelled(bare, "predict")
+    assert bare.tag_names == labelled.tag_names == saved["label_names"]
+    with_tags, without = (task.features(d, "predict", tokenizer, cfg) for d in (labelled, bare))
+    assert len(with_tags) > len(sentences) and with_tags.input_ids == without.input_ids
+    assert any(t != IGNORE for labels in with_tags.targets["labels"] for t in labels)
+    assert all(t == IGNORE for labels in without.targets["labels"] for t in labels)  # placeholders: no target
+
+    torch.manual_seed(0)
+    outputs = [torch.randn(len(ids), 3) for ids in without.input_ids]
+    predicted = task.predict(bare, "predict", without, outputs)
+    assert predicted == task.predict(labelled, "predict", with_tags, outputs)
+    assert [len(p) for p in predicted] == [len(s) for s in sentences]
+    assert 0 <= task.score(labelled, "predict", with_tags, outputs)["entity_f1"] <= 1
+    with pytest.raises(UserError, match="not every word has a tag"):
+        task.score(bare, "predict", without, outputs)
+
+    out = tmp_path / "out" / "predicted.conll"
+    task.write_predictions(bare, "predict", predicted, out)
+    assert out.read_text().startswith("the\t")
+    back = read_conll(out, require_tags=False)
+    assert [s.words for s in back.sentences] == [[w for w, _ in s] for s in sentences]
+    # random logits can give I- after O, which reading normalizes; written tags are the predictions
+    assert [line.split("\t")[1] for line in out.read_text().splitlines() if line] == [t for p in predicted for t in p]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["predicted.conll"]
+
+
+def test_a_tag_outside_the_saved_set_is_one_line(tmp_path):
+    path = write_conll(tmp_path / "x.txt", [[("owl", "B-Bird")]])
+    with pytest.raises(UserError) as err:
+        NerTask().load_file(path, config(), {"label_names": ["O", "B-Animal", "I-Animal"]})
+    assert str(err.value) == (f"{path}:3: tag 'B-Bird' is not one the model was trained on "
+                              "(it knows: O, B-Animal, I-Animal)")

@@ -8,6 +8,7 @@ import pytest
 
 from qa.data import QaDataset, QaExample, QaSplit, hold_out, load_dataset, read_squad
 from recycling.errors import UserError
+from tests import faults
 
 CAT = "The cat sat on the mat."
 DOG = "A dog barked at night."
@@ -107,16 +108,34 @@ CONTENT_ERRORS = {
     "duplicate id": (_set(["data", 1, "paragraphs", 0, "qas", 0, "id"], "q2"),
                      "question 'q2': duplicate question id"),
     "no questions": (_set(["data"], []), "no questions"),
+    "answer is null": (_set(Q1 + ["answers", 0], None), "question 'q1': answer without a \"text\" string"),
+    "answer text is a number": (_set(Q1 + ["answers", 0, "text"], 4), "question 'q1': answer without a \"text\""),
+    "start is true": (_set(Q1 + ["answers", 0, "answer_start"], True),
+                      "question 'q1': answer 'cat': answer_start is not an integer (got True)"),
+    "start is null": (_set(Q1 + ["answers", 0, "answer_start"], None),
+                      "question 'q1': answer 'cat': answer_start is not an integer (got None)"),
+    "start is 4.0": (_set(Q1 + ["answers", 0, "answer_start"], 4.0),
+                     "question 'q1': answer 'cat': answer_start is not an integer (got 4.0)"),
+    "start is negative": (_set(Q1 + ["answers", 0, "answer_start"], -1), "answer 'cat' is not at answer_start -1"),
+    "id is a number": (_set(Q1 + ["id"], 7), "paragraph 0: question 0: missing \"id\" string"),
+    "answers is an object": (_set(Q1 + ["answers"], {"text": "cat"}), "question 'q1': missing \"answers\" list"),
+    "context with a \\ud800 escape": (_set(["data", 0, "paragraphs", 1, "context"], "A dog\ud800"),
+                                      "question 'q3': context is not valid Unicode (a lone surrogate escape)"),
+    "id with a newline, answer moved": (lambda c: _set(Q1 + ["answers", 0, "answer_start"], 5)(
+                                            _set(Q1 + ["id"], "q\n1")(c)),
+                                        "question 'q\\n1': answer 'cat' is not at answer_start 5"),
 }
 
 
 @pytest.mark.parametrize("edit, message", CONTENT_ERRORS.values(), ids=CONTENT_ERRORS.keys())
-def test_content_errors_name_file_and_question(tmp_path, edit, message):
+def test_content_errors_name_file_and_question(tmp_path, edit, message, request):
     path = write_json(tmp_path / "bad.json", edit(v1_file()))
     with pytest.raises(UserError) as err:
         read_squad(path)
     text = str(err.value)
     assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+    fault = request.node.callspec.id
+    faults.record("data", f"SQuAD JSON: {fault}", text, tmp_path)
 
 
 def test_v2_file_with_only_unanswerable_questions_is_an_error(tmp_path):
@@ -131,13 +150,68 @@ def test_file_level_errors(tmp_path):
         read_squad(tmp_path / "nope.json")
     bad_bytes = tmp_path / "latin1.json"
     bad_bytes.write_bytes(b'{"data": [\n"caf\xe9"]}')
-    with pytest.raises(UserError, match=rf"^{re.escape(str(bad_bytes))}:2: not valid UTF-8"):
+    with pytest.raises(UserError, match=rf"^{re.escape(str(bad_bytes))}:2: not valid UTF-8") as err:
         read_squad(bad_bytes)
+    faults.record("data", "a SQuAD JSON file in Latin-1 (not UTF-8)", str(err.value), tmp_path)
     broken = tmp_path / "broken.json"
     broken.write_text('{"data": [\n  {"title": }\n]}')
     expected = f"{broken}:2:13: malformed JSON (Expecting value)"
-    with pytest.raises(UserError, match="^" + re.escape(expected)):
+    with pytest.raises(UserError, match="^" + re.escape(expected)) as err:
         read_squad(broken)
+    faults.record("data", "a SQuAD file that is not valid JSON", str(err.value), tmp_path)
+
+
+@pytest.mark.parametrize("fault, content, expected", [
+    ("a SQuAD JSON file of 100,000 nested [", "[" * 100_000, "malformed JSON (nested too deeply)"),
+    ("a SQuAD JSON file with an integer of 5,000 digits", '{"data": ' + "9" * 5000 + "}",
+     "malformed JSON (Exceeds the limit (4300 digits) for integer string conversion)"),
+])
+def test_json_that_python_cannot_hold(tmp_path, fault, content, expected):
+    path = tmp_path / "x.json"
+    path.write_text(content)
+    with pytest.raises(UserError) as err:
+        read_squad(path)
+    assert str(err.value) == f"{path}: {expected}"
+    faults.record("data", fault, str(err.value), tmp_path)
+
+
+def test_a_directory_and_an_unreadable_file(tmp_path, monkeypatch):
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(UserError) as err:
+        read_squad(tmp_path / "d.json")
+    assert str(err.value) == f"{tmp_path / 'd.json'}: is a directory, not a data file"
+    faults.record("data", "a SQuAD file path that is a directory", str(err.value), tmp_path)
+    path = write_json(tmp_path / "x.json", v1_file())
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(Path, "read_bytes", refuse)  # tests may run as root, where chmod 000 reads anyway
+    with pytest.raises(UserError) as err:
+        read_squad(path)
+    assert str(err.value) == f"{path}: cannot read (Permission denied)"
+    faults.record("data", "a SQuAD file without read permission", str(err.value), tmp_path)
+
+
+def test_questions_without_answers_are_kept_when_answers_are_optional(tmp_path):
+    content = v1_file()
+    paragraph = content["data"][0]["paragraphs"][0]
+    del paragraph["qas"][0]["answers"]  # q1: no key
+    paragraph["qas"][1]["answers"] = []  # q2: an empty list
+    content["data"][1]["paragraphs"][0]["qas"][0]["is_impossible"] = True  # q4: SQuAD 2.0 unanswerable
+    split = read_squad(write_json(tmp_path / "x.json", content), require_answers=False)
+    assert [(ex.id, ex.answers) for ex in split.examples] == [("q1", []), ("q2", []), ("q3", ["dog"]), ("q4", [])]
+    assert not split.labelled
+    full = read_squad(write_json(tmp_path / "y.json", v1_file()), require_answers=False)
+    assert full.labelled and full.examples == read_squad(tmp_path / "y.json").examples
+    with pytest.raises(UserError, match="question 'q1': missing \"answers\" list"):
+        read_squad(tmp_path / "x.json")
+
+
+def test_answers_that_are_there_are_still_checked_when_optional(tmp_path):
+    content = v1_file()
+    content["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] = 5
+    with pytest.raises(UserError, match="question 'q1': answer 'cat' is not at answer_start 5"):
+        read_squad(write_json(tmp_path / "x.json", content), require_answers=False)
 
 
 def many_articles(n: int) -> QaSplit:

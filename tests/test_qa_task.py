@@ -13,6 +13,7 @@ from qa.data import read_squad
 from qa.task import QaTask, answer_positions, best_span
 from recycling.config import ExperimentConfig
 from recycling.encoders import load_encoder
+from recycling.errors import UserError
 from tests.helpers import save_tiny_bert, write_squad, write_toy_squad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,3 +146,54 @@ def test_run_squad_saves_a_model_that_loads_back_to_the_same_scores(squad_setup)
     missing = subprocess.run(common + ["--eval-only", "--output-dir", str(tmp_path / "c")],
                              capture_output=True, text=True, cwd=tmp_path)
     assert missing.returncode == 2 and "--eval-only needs --load" in missing.stderr
+
+
+# ---- a file to predict on (QaTask.load_file / labelled / write_predictions)
+
+def test_questions_without_answers_give_the_same_features_and_predictions_round_trip(tokenizer, data, tmp_path):
+    task, cfg = QaTask(), config()
+    source = data.splits["test"].path
+    labelled = task.load_file(source, cfg, {"examples": {"train": 4}})
+    content = json.loads(source.read_text())
+    for n, qa in enumerate(q for p in content["data"][0]["paragraphs"] for q in p["qas"]):
+        if n % 2:
+            del qa["answers"]  # no key ...
+        else:
+            qa["answers"] = []  # ... or an empty list
+    (tmp_path / "bare.json").write_text(json.dumps(content))
+    bare = task.load_file(tmp_path / "bare.json", cfg, {})
+    assert task.labelled(labelled, "predict") and not task.labelled(bare, "predict")
+    with_answers, without = (task.features(d, "predict", tokenizer, cfg) for d in (labelled, bare))
+    assert with_answers.input_ids == without.input_ids and with_answers.token_type_ids == without.token_type_ids
+    assert any(with_answers.targets["start_positions"])
+    assert not any(without.targets["start_positions"]) and not any(without.targets["end_positions"])
+
+    torch.manual_seed(0)
+    outputs = [torch.randn(len(ids), 2) for ids in without.input_ids]
+    predicted = task.predict(bare, "predict", without, outputs)
+    assert predicted == task.predict(labelled, "predict", with_answers, outputs)
+    assert 0 <= task.score(labelled, "predict", with_answers, outputs)["f1"] <= 1
+    with pytest.raises(UserError, match="not every question has an answer"):
+        task.score(bare, "predict", without, outputs)
+    out = tmp_path / "out" / "predictions.json"
+    task.write_predictions(bare, "predict", predicted, out)
+    assert json.loads(out.read_text(encoding="utf-8")) == predicted
+    assert list(predicted) == [e.id for e in bare.splits["predict"].examples]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["predictions.json"]
+
+
+def test_one_question_without_answers_makes_the_file_unlabelled(tmp_path):
+    path = write_squad(tmp_path / "x.json", [[("the sky is blue.", [("what colour?", "blue"), ("what?", "sky")])]])
+    content = json.loads(path.read_text())
+    content["data"][0]["paragraphs"][0]["qas"][1]["answers"] = []
+    path.write_text(json.dumps(content))
+    data = QaTask().load_file(path, config(), {})
+    assert not QaTask().labelled(data, "predict") and len(data.splits["predict"].examples) == 2
+
+
+def test_a_context_that_tokenizes_to_nothing_has_no_answer_window(tokenizer, tmp_path):
+    # zero-width spaces are not whitespace to str.strip but give no token: the answer lies in no window
+    path = write_squad(tmp_path / "x.json", [[("\u200b\u200b", [("what?", "\u200b")])]])
+    data = QaTask().load_file(path, config(), {})
+    features = QaTask().features(data, "predict", tokenizer, config())
+    assert features.targets["start_positions"] == [0]
