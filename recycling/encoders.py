@@ -29,17 +29,43 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Architecture:
     layers: str  # dotted path of the layer list inside the base model
+    # Dotted path of a norm the stack applies after its last layer (pre-LN models). It belongs to
+    # the upper part: the lower part replaces it by identity so the cache holds layer k-1's raw
+    # output, which is what layer k reads in the whole model.
+    final_norm: str | None = None
     t5_encoder: bool = False
+    # transformers class that loads the encoder alone (AutoModel would load T5's decoder too)
+    encoder_class: str = "AutoModel"
 
 
 ARCHITECTURES = {
     "bert": Architecture("encoder.layer"),
     "roberta": Architecture("encoder.layer"),
+    "xlm-roberta": Architecture("encoder.layer"),
+    "camembert": Architecture("encoder.layer"),
+    "data2vec-text": Architecture("encoder.layer"),
     "electra": Architecture("encoder.layer"),
     "distilbert": Architecture("transformer.layer"),
     "mpnet": Architecture("encoder.layer"),
+    "deberta": Architecture("encoder.layer"),
     "deberta-v2": Architecture("encoder.layer"),
-    "t5": Architecture("encoder.block", t5_encoder=True),
+    # RoFormer's sinusoidal positions are computed by the encoder from the sequence length on every
+    # forward, so the upper part recomputes the same ones; ERNIE's task-type embeddings are part of
+    # its embedding layer, below the cut.
+    "roformer": Architecture("encoder.layer"),
+    "ernie": Architecture("encoder.layer"),
+    "xlm-roberta-xl": Architecture("encoder.layer", final_norm="encoder.LayerNorm"),
+    "megatron-bert": Architecture("encoder.layer", final_norm="encoder.ln"),
+    # ESM's rotary embeddings live in each layer's attention; its token dropout rescales the
+    # embeddings (below the cut), and its forward skips the embedding layer given inputs_embeds.
+    "esm": Architecture("encoder.layer", final_norm="encoder.emb_layer_norm_after"),
+    # Each ModernBERT layer keeps its layer_id (global or local attention, rotary base); the masks,
+    # position ids and (flash attention) unpadding are rebuilt from the input by the model's forward.
+    "modernbert": Architecture("layers", final_norm="final_norm"),
+    "t5": Architecture("encoder.block", final_norm="encoder.final_layer_norm", t5_encoder=True,
+                       encoder_class="T5EncoderModel"),
+    "mt5": Architecture("encoder.block", final_norm="encoder.final_layer_norm", t5_encoder=True,
+                        encoder_class="MT5EncoderModel"),
 }
 
 # Encoders that ship as pip packages carrying their weights, usable without network.
@@ -107,18 +133,34 @@ def _model_folder(root: Path) -> Path:
 
 
 def load_encoder(name: str, trust_remote_code: bool = False):
-    """Return ``(model, tokenizer)`` for a hub id, a local folder or ``offline:<name>``."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
+    """Return ``(model, tokenizer)`` for a hub id, a local folder or ``offline:<name>``.
+
+    A model whose config names its own code (``auto_map``) is refused unless ``trust_remote_code``:
+    transformers would otherwise quietly load the built-in class of its ``model_type`` instead,
+    which need not compute what the model's authors wrote.
+    """
+    import transformers
 
     path = resolve_model(name)
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model_cls = T5EncoderModel if config.model_type == "t5" else AutoModel
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load model '{name}': {str(err).splitlines()[0]}") from None
+    auto_map = getattr(config, "auto_map", None)
+    if auto_map and not trust_remote_code:
+        raise UserError(
+            f"model '{name}' ships its own code (auto_map: {', '.join(f'{k} -> {v}' for k, v in auto_map.items())}); "
+            f"refusing to load transformers' built-in '{config.model_type}' class in its place, which may "
+            "compute something else; pass trust_remote_code=True only if you trust that code"
+        )
+    arch = _architecture_of(config.model_type)  # fail before loading weights we cannot split
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model_cls = getattr(transformers, arch.encoder_class)
         model = model_cls.from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load model '{name}': {str(err).splitlines()[0]}") from None
-    architecture(model)  # fail early on an architecture we cannot split
+    architecture(model)  # remote code may still have built a model of another type
     drop_pooler(model)
     return model, tokenizer
 
@@ -130,7 +172,10 @@ def drop_pooler(model: nn.Module) -> None:
 
 
 def architecture(model: nn.Module) -> Architecture:
-    model_type = model.config.model_type
+    return _architecture_of(model.config.model_type)
+
+
+def _architecture_of(model_type: str) -> Architecture:
     if model_type not in ARCHITECTURES:
         raise UserError(
             f"architecture '{model_type}' is not supported; supported: {', '.join(ARCHITECTURES)}"
@@ -184,9 +229,10 @@ def lower_part(model: nn.Module, cut_layer: int) -> nn.Module:
     arch = architecture(model)
     lower = copy.deepcopy(model)
     _set(lower, arch.layers, nn.ModuleList(list(_get(lower, arch.layers))[:cut_layer]))
-    if arch.t5_encoder:
-        # The stack ends with a layer norm that belongs to the last layer, not to layer k-1.
-        lower.encoder.final_layer_norm = nn.Identity()
+    if arch.final_norm is not None:
+        # The stack's final norm belongs to the last layer, not to layer k-1 (see Architecture).
+        _get(lower, arch.final_norm)  # a wrong path must fail here, not set an unused attribute
+        _set(lower, arch.final_norm, nn.Identity())
     lower.eval()
     lower.requires_grad_(False)
     return lower
@@ -273,6 +319,70 @@ def below_cut(model: nn.Module, cut_layer: int) -> list[nn.Module]:
 
 def run_upper(upper: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     return upper(inputs_embeds=hidden, attention_mask=attention_mask).last_hidden_state
+
+
+def check_split(model: nn.Module, cut_layer: int, tolerance: float = 1e-4) -> float:
+    """Check that lower part then upper part reproduce ``model``'s last hidden state at ``cut_layer``.
+
+    Runs one small seeded batch with ragged padding (and segment ids where the config has more than
+    one type) through the whole model and through ``lower_part`` -> ``upper_part``, on CPU copies in
+    fp32 and eval mode; ``model`` itself is not modified. Returns the largest difference over the
+    unpadded positions, and raises :class:`UserError` if it exceeds ``tolerance`` or if the split
+    model cannot run: a layout this module gets wrong must never silently train from a wrong cache.
+    """
+    check_cut(model, cut_layer)  # also fails early on an architecture that is not registered
+    name = getattr(model.config, "name_or_path", "") or type(model).__name__
+    whole = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
+    config = whole.config
+    input_ids, attention_mask, token_type_ids = _probe_batch(config)
+    extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+    try:
+        with torch.no_grad():
+            full = whole(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+            lower = lower_part(whole, cut_layer)
+            upper = upper_part(whole, cut_layer).eval()  # whole is our own copy, done with
+            hidden = run_lower(lower, input_ids, attention_mask, token_type_ids)
+            out = run_upper(upper, hidden, attention_mask)
+            keep = attention_mask.bool()
+            diff = (out[keep] - full[keep]).abs().max().item()
+    except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise UserError(
+            f"model '{name}' (architecture {config.model_type}) cannot run split at layer {cut_layer}: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; this layout is not supported"
+        ) from err
+    if not diff <= tolerance:  # written so that a NaN difference fails too
+        raise UserError(
+            f"model '{name}' (architecture {config.model_type}) does not split exactly at layer {cut_layer}: "
+            f"max difference {diff:.3g} > {tolerance:g} between cached and full forward; "
+            "this layout is not supported"
+        )
+    logger.debug("split of %s (%s) at layer %d checked: max difference %.3g", name, config.model_type,
+                 cut_layer, diff)
+    return diff
+
+
+def _probe_batch(config, batch: int = 3, length: int = 12, seed: int = 0):
+    """Token ids within the vocabulary, rows of three lengths padded with the pad id, and two
+    segments where the model has segment embeddings."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = config.vocab_size
+    pad = getattr(config, "pad_token_id", None)
+    pad = 0 if pad is None or not 0 <= pad < vocab else pad
+    # Position tables may start after the pad id (RoBERTa family): stay well inside them.
+    max_positions = getattr(config, "max_position_embeddings", None)
+    if max_positions:
+        length = max(2, min(length, (max_positions - 2) // 2))
+    input_ids = torch.randint(0, vocab, (batch, length), generator=g)
+    input_ids[input_ids == pad] = (pad + 1) % vocab
+    attention_mask = torch.ones(batch, length, dtype=torch.long)
+    attention_mask[1, length * 2 // 3:] = 0
+    attention_mask[2, length // 3:] = 0
+    input_ids[attention_mask == 0] = pad
+    token_type_ids = None
+    if (getattr(config, "type_vocab_size", 0) or 0) > 1:
+        token_type_ids = torch.zeros_like(input_ids)
+        token_type_ids[:, length // 2:] = 1
+    return input_ids, attention_mask, token_type_ids
 
 
 def fingerprint_weights(module: nn.Module) -> str:

@@ -18,6 +18,7 @@ from torch import nn
 
 from recycling import encoders
 from recycling.config import CACHED_MODES, MODES
+from recycling.errors import UserError
 
 ADAPTER_NAME = "recycling"
 
@@ -70,11 +71,33 @@ def adapter_config(hidden_size: int, adapter_size: int, cut_layer: int):
                              leave_out=list(range(cut_layer)))
 
 
+# Families whose adapter placement tests/test_models.py checks. `adapters` 1.3.0 ships no layer
+# mapping for the other registered encoders (camembert, data2vec-text, roformer, ernie,
+# xlm-roberta-xl, esm, megatron-bert); they train in the full and semi_frozen modes only.
+ADAPTER_FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "mpnet", "deberta",
+                    "deberta-v2", "modernbert", "t5", "mt5")
+
+
 def add_adapters(model: nn.Module, adapter_size: int, cut_layer: int) -> None:
     """Add trainable bottleneck adapters to layers >= cut_layer and freeze every weight of ``model``."""
     import adapters
 
+    model_type = model.config.model_type
+    if model_type not in ADAPTER_FAMILIES:
+        raise UserError(
+            f"the adapter modes do not support architecture '{model_type}' (the adapters library has no "
+            f"layer mapping for it); use mode full or semi_frozen, or one of: {', '.join(ADAPTER_FAMILIES)}"
+        )
+    # `adapters` wraps fused query/key/value projections (DeBERTa's in_proj, ModernBERT's Wqkv) in a
+    # LoRA layer that always owns a bias: where the original had none, the wrapper's freshly
+    # initialised one would shift every layer, below the cut too, even with no adapter active.
+    biasless = [name for name, module in model.named_modules()
+                if isinstance(module, nn.Linear) and module.bias is None]
     adapters.init(model, interface=_interface(model))
+    for name in biasless:
+        module = model.get_submodule(name)
+        if getattr(module, "bias", None) is not None:
+            module.bias = None
     # Activating an adapter makes `adapters` open an empty forward context before the activation is
     # recorded, which logs "none are activated for the forward pass" although the adapter is active.
     mixin_log = logging.getLogger("adapters.model_mixin")

@@ -205,3 +205,76 @@ def test_compiled_model_computes_the_same_loss_and_keeps_its_parameter_names():
         expected = eager.loss(eager(batch), batch)[0]
         got = compiled.loss(compiled(batch), batch)[0]
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+# Families added after the tests above were written, checked with perturbed layer norms.
+NEW_ADAPTER_ARCHS = ["xlm-roberta", "deberta", "modernbert", "mt5"]
+NO_ADAPTER_ARCHS = ["camembert", "data2vec-text", "roformer", "ernie", "xlm-roberta-xl", "esm", "megatron-bert"]
+
+
+def _layer_index(name):
+    """The index in the layer list of a parameter name (BERT-like, T5 and ModernBERT layouts)."""
+    for container in (".block.", ".layers.", ".layer."):  # T5 blocks hold a ".layer." list too
+        if container in name:
+            return int(name.split(container)[1].split(".")[0])
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("model_type", NEW_ADAPTER_ARCHS)
+def test_new_families_cached_adapters_match_adapters_on_the_whole_model(model_type):
+    from tests.tiny_models import perturb_norms
+
+    base = perturb_norms(tiny_model(model_type))
+    ids, mask = random_batch()
+    full = classifier("adapters_full", base, 2, 3, 8, 0.0, seed=1).eval()
+    cached = classifier("adapters", base, 2, 3, 8, 0.0, seed=1).eval()
+    for model in (full, cached):
+        torch.manual_seed(7)
+        with torch.no_grad():
+            for p in models.trainable_parameters(model):
+                p.normal_(std=0.2)
+    names = [n for n, p in full.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    assert {_layer_index(n) for n in names} == {2, 3} and len(names) == 2 * 2 * 4
+    lower = encoders.lower_part(base, 2)
+    with torch.no_grad():
+        a = full({"input_ids": ids, "attention_mask": mask})
+        b = cached({"hidden": encoders.run_lower(lower, ids, mask), "attention_mask": mask})
+        # with every adapter's output zeroed, the adapted encoder is the pretrained one
+        for n, p in full.named_parameters():
+            if "adapter_up" in n:
+                p.zero_()
+        out = full.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        ref = base(input_ids=ids, attention_mask=mask).last_hidden_state
+    keep = mask.bool()
+    assert (a - b).abs().max().item() <= 1e-5
+    assert (out[keep] - ref[keep]).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("model_type", NEW_ADAPTER_ARCHS)
+def test_new_families_adapters_full_trains_exactly_like_cached_adapters(model_type):
+    test_adapters_full_trains_exactly_like_cached_adapters_with_dropout_on(model_type)
+
+
+@pytest.mark.parametrize("mode", ["adapters", "adapters_full"])
+@pytest.mark.parametrize("model_type", NO_ADAPTER_ARCHS)
+def test_adapter_modes_refuse_a_family_the_adapters_library_lacks(model_type, mode):
+    from recycling.errors import UserError
+
+    with pytest.raises(UserError, match=f"adapter modes do not support architecture '{model_type}'") as err:
+        classifier(mode, tiny_model(model_type), 2, 3, 8, 0.1, seed=0)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("model_type", NEW_ADAPTER_ARCHS + NO_ADAPTER_ARCHS)
+def test_new_families_semi_frozen_trains_only_above_the_cut(model_type):
+    base = tiny_model(model_type)
+    model = classifier("semi_frozen", base, 2, 3, 8, 0.1, seed=0)
+    arch = encoders.architecture(base)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("encoder.embeddings") or "embed_tokens" in n for n in trainable)
+    allowed = ["head.", "relative_attention_bias", "rel_embeddings", ".layer.", ".block.", ".layers."]
+    if arch.final_norm:  # the final norm sits on top of the last layer
+        allowed.append(f"encoder.{arch.final_norm}.")
+    for name in trainable:  # besides the upper layers, only tables of relative positions shared by all layers
+        assert any(part in name for part in allowed), name
+    assert len(encoders.layers(model.encoder)) == 2
