@@ -127,14 +127,14 @@ CONTENT_ERRORS = {
 }
 
 
-@pytest.mark.parametrize("edit, message", CONTENT_ERRORS.values(), ids=CONTENT_ERRORS.keys())
-def test_content_errors_name_file_and_question(tmp_path, edit, message, request):
+@pytest.mark.parametrize("fault", CONTENT_ERRORS)
+def test_content_errors_name_file_and_question(tmp_path, fault):
+    edit, message = CONTENT_ERRORS[fault]
     path = write_json(tmp_path / "bad.json", edit(v1_file()))
     with pytest.raises(UserError) as err:
         read_squad(path)
     text = str(err.value)
     assert text.startswith(f"{path}: ") and message in text and "\n" not in text
-    fault = request.node.callspec.id
     faults.record("data", f"SQuAD JSON: {fault}", text, tmp_path)
 
 
