@@ -169,6 +169,10 @@ def drop_pooler(model: nn.Module) -> None:
     """The heads read the first token themselves; the pretrained pooler would only cost time."""
     if getattr(model, "pooler", None) is not None:
         model.pooler = None
+    if getattr(model, "contact_head", None) is not None:
+        # ESM's contact predictor reads attention maps on request only: in the upper part it would
+        # be trainable weights that no forward ever uses
+        model.contact_head = None
 
 
 def architecture(model: nn.Module) -> Architecture:
