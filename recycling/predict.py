@@ -71,10 +71,13 @@ def predict(args: argparse.Namespace) -> dict:
             raise UserError(f"{args.model} was trained on the activations of another lower part "
                             f"(sha256 {info['lower_weights_sha256'][:12]}) than {config.model} layers "
                             f"0..{config.cut_layer - 1} have here ({lower_sha[:12]}); refusing to predict")
+        encoders.check_split(base, config.cut_layer)
         cache = task_cache(features, task=config.task, dataset=path.stem, model_name=config.model, model=base,
                            cut_layer=config.cut_layer, pad_id=pad_id, dtype=config.cache_dtype,
                            batch_size=config.cache_batch_size, cache_root=args.cache_root,
                            cache_dir=args.cache_dir, device=device)
+        if config.verify_cache:
+            cache.verify()
         if cache.fingerprint["lower_weights_sha256"] != info["lower_weights_sha256"]:
             raise UserError(f"the cache at {cache.path} comes from another lower part than {args.model} was "
                             "trained on; refusing to predict")

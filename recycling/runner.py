@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from cache_builder import task_cache
-from recycling import hostmem, saved
+from recycling import encoders, hostmem, saved
 from recycling.batches import FeatureDataset, make_loader
 from recycling.config import (CACHED_MODES, LEGACY_DEFAULTS, NOT_COMPUTATION, ExperimentConfig, check_against_model,
                               load_config)
@@ -77,6 +77,21 @@ def load_features(task: Task, data, tokenizer, config: ExperimentConfig) -> dict
 
 
 def cache_of(config: ExperimentConfig, features: dict[str, Features], base, tokenizer, cache_root, device):
+    """The experiment's cache, built or reused; checked whole (and, with ``verify_cache``, byte for byte).
+
+    The split itself is checked first: an encoder whose layout the split does not reproduce (an
+    unsupported variant, or remote code declaring a known type) is refused before it trains wrong.
+    """
+    difference = encoders.check_split(base, config.cut_layer)
+    logger.info("split at layer %d reproduces %s (max difference %.1e)", config.cut_layer, config.model, difference)
+    cache = _task_cache(config, features, base, tokenizer, cache_root, device)
+    if config.verify_cache:
+        cache.verify()
+        logger.info("cache %s verified: every checksum matches", cache.path)
+    return cache
+
+
+def _task_cache(config: ExperimentConfig, features: dict[str, Features], base, tokenizer, cache_root, device):
     return task_cache(features, task=config.task, dataset=config.dataset, model_name=config.model, model=base,
                       cut_layer=config.cut_layer, pad_id=tokenizer.pad_token_id or 0, dtype=config.cache_dtype,
                       batch_size=config.cache_batch_size, cache_root=cache_root, cache_dir=config.cache_dir,

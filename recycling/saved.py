@@ -12,6 +12,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from recycling.config import CACHED_MODES, MODES, ExperimentConfig, from_dict
@@ -59,7 +60,7 @@ def load(folder: str | Path, base, task, data) -> TaskModel:
                         config.adapter_size, seed=0)
     try:
         load_model(model, str(Path(folder) / WEIGHTS), strict=True)
-    except (OSError, RuntimeError, ValueError) as err:  # safetensors: damaged file; torch: other shapes or names
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:  # a damaged file; other shapes or names
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{Path(folder) / WEIGHTS} does not fit the model it describes ({first[:200]})") from None
     return model.eval()

@@ -25,6 +25,7 @@ def normalize(text: str, *roots) -> str:
         text = text.replace(str(root), "<tmp>")
     text = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/\s'\"]+", "<tmp>", text)
     text = re.sub(r"pid \d+", "pid N", text)
+    text = re.sub(r"\d{8}T\d{6}", "<time>", text)
     return text.replace("|", "\\|")
 
 

@@ -116,3 +116,20 @@ def test_damaged_or_foreign_result_files_never_stop_later_runs(setup, caplog, co
     skipped = next(r.getMessage() for r in caplog.records if "left out of the summary" in r.getMessage())
     faults.record("results", f"the experiment's result file is {fault}", "warning: " + moved, tmp_path)
     faults.record("results", f"another file under results/ is {fault}", "warning: " + skipped, tmp_path)
+
+
+def test_verify_cache_refuses_a_cache_damaged_after_it_was_built(setup):
+    tmp_path, config = setup
+    one_epoch = ("--set", "modes=[semi_frozen]", "--set", "max_epochs=1")
+    runner.run_experiment("text_classification", args(tmp_path, config, *one_epoch))
+    (hidden,) = (tmp_path / "caches").rglob("train/hidden.npy")
+    data = bytearray(hidden.read_bytes())
+    data[-3] ^= 0x40  # one bit of one activation: sizes and offsets stay valid
+    hidden.write_bytes(bytes(data))
+    runner.run_experiment("text_classification", args(tmp_path, config, *one_epoch, "--set", "seeds=[1]"))
+    with pytest.raises(UserError, match=r"train/hidden.npy is corrupt") as err:
+        runner.run_experiment("text_classification", args(tmp_path, config, *one_epoch, "--set", "seeds=[2]",
+                                                          "--set", "verify_cache=true"))
+    assert [r["seed"] for r in result(tmp_path)["runs"]["semi_frozen"]] == [0, 1]
+    faults.record("training", "one bit flipped in a cached activation, training with `verify_cache: true`",
+                  str(err.value), tmp_path)

@@ -1,0 +1,113 @@
+"""Saved models applied to new data files by ``python -m recycling.predict``, for every task."""
+
+import json
+
+import pytest
+
+from recycling import predict, runner
+from recycling.errors import UserError
+from tests import faults
+from tests.helpers import save_tiny_bert, write_toy_dataset, write_toy_ner, write_toy_squad
+from tests.test_run_experiment import ROOT
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+TASKS = {  # task: (data writer, its test file, settings)
+    "text_classification": (lambda d: write_toy_dataset(d), "test.txt", ""),
+    "ner": (lambda d: write_toy_ner(d, long_words=40), "test.txt", "max_length: 24\nwindow_stride: 4\n"),
+    "qa": (lambda d: write_toy_squad(d / "qa" / "toy"), "dev-v1.1.json",
+           "max_length: 48\nwindow_stride: 16\ndev_fraction: 0.34\n"),
+}
+
+
+def train_and_save(tmp_path, task, modes="[semi_frozen, full]"):
+    model = save_tiny_bert(tmp_path / "model")
+    writer, _, extra = TASKS[task]
+    writer(tmp_path / "data")
+    config = tmp_path / "exp.yaml"
+    max_length = "" if "max_length" in extra else "max_length: 24\n"
+    config.write_text(
+        f"base: {ROOT / 'HyperparameterSelection' / task / 'defaults.yaml'}\n"
+        f"model: {model}\ncut_layer: 2\nmax_epochs: 1\nbatch_size: 8\nwarmup_steps: 0\n{max_length}{extra}"
+        f"dataset: toy\nmodes: {modes}\nlearning_rate: {{full: 1.0e-3, semi_frozen: 1.0e-3, adapters: 1.0e-3}}\n")
+    args = runner.parse_args("test", [str(config), "--data-dir", str(tmp_path / "data"), "--results-dir",
+                                      str(tmp_path / "results"), "--cache-root", str(tmp_path / "caches"),
+                                      "--checkpoint-dir", str(tmp_path / "ckpt"), "--save-models",
+                                      str(tmp_path / "models")])
+    out = runner.run_experiment(task, args)
+    return json.loads(out.read_text()), tmp_path / "models" / task / "toy" / "exp"
+
+
+def run_predict(tmp_path, model_dir, data_file, output, *extra):
+    return predict.predict(predict.parse_args([str(model_dir), str(data_file), "--output", str(output),
+                                               "--cache-root", str(tmp_path / "caches"), *extra]))
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_a_saved_model_predicts_a_file_as_it_scored_in_training(tmp_path, monkeypatch, task):
+    monkeypatch.chdir(tmp_path)
+    result, models = train_and_save(tmp_path, task)
+    test_file = tmp_path / "data" / task / "toy" / TASKS[task][1]
+    for mode in ("semi_frozen", "full"):
+        scores = run_predict(tmp_path, models / f"{mode}-seed0", test_file, tmp_path / f"{mode}.out")
+        expected = {k: v for k, v in result["runs"][mode][0]["test"].items() if k != "loss"}
+        assert scores == pytest.approx(expected, abs=1e-9), mode
+    # the semi_frozen prediction reused the cache the experiment built for the test split
+    assert len(list((tmp_path / "caches").rglob("manifest.json"))) == 2  # the experiment's, the file's
+
+
+def test_an_unlabelled_file_gets_the_same_predictions(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, models = train_and_save(tmp_path, "text_classification", "[semi_frozen]")
+    labelled = tmp_path / "data" / "text_classification" / "toy" / "test.txt"
+    rows = [json.loads(line) for line in labelled.read_text().splitlines()]
+    unlabelled = tmp_path / "new.txt"
+    unlabelled.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows))
+    run_predict(tmp_path, models / "semi_frozen-seed0", labelled, tmp_path / "a.jsonl")
+    assert run_predict(tmp_path, models / "semi_frozen-seed0", unlabelled, tmp_path / "b.jsonl") == {}
+    a = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in a] == [r["label"] for r in b] and [r["text"] for r in b] == [r["text"] for r in rows]
+    assert set(r["label"] for r in b) <= {"cat", "dog"}
+
+
+def test_a_model_trained_on_another_lower_part_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, models = train_and_save(tmp_path, "text_classification", "[semi_frozen]")
+    test_file = tmp_path / "data" / "text_classification" / "toy" / "test.txt"
+    save_tiny_bert(tmp_path / "model", seed=1)  # the encoder under that name has changed since training
+    with pytest.raises(UserError, match="trained on the activations of another lower part") as err:
+        run_predict(tmp_path, models / "semi_frozen-seed0", test_file, tmp_path / "p.jsonl")
+    faults.record("saved models", "predict with a model whose encoder's lower layers changed since training",
+                  str(err.value), tmp_path)
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_a_cache_of_another_lower_part_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, models = train_and_save(tmp_path, "text_classification", "[semi_frozen]")
+    (cache,) = [p.parent for p in (tmp_path / "caches").rglob("manifest.json")]
+    info = json.loads((models / "semi_frozen-seed0" / "model.json").read_text())
+    info["lower_weights_sha256"] = "0" * 64  # as if trained on another encoder's cache
+    (models / "semi_frozen-seed0" / "model.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match="another lower part") as err:
+        run_predict(tmp_path, models / "semi_frozen-seed0", tmp_path / "data/text_classification/toy/test.txt",
+                    tmp_path / "p.jsonl", "--cache-dir", str(cache))
+    faults.record("saved models", "predict with a model whose recorded lower part is not the cache's",
+                  str(err.value), tmp_path)
+
+
+@pytest.mark.parametrize("damage,fault", [
+    (lambda d: (d / "model.json").write_text("{"), "its model.json truncated"),
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:100]),
+     "its weights truncated"),
+    (lambda d: (d / "model.safetensors").unlink(), "its weights deleted"),
+])
+def test_a_damaged_saved_model_is_a_clear_error(tmp_path, monkeypatch, damage, fault):
+    monkeypatch.chdir(tmp_path)
+    _, models = train_and_save(tmp_path, "text_classification", "[semi_frozen]")
+    damage(models / "semi_frozen-seed0")
+    with pytest.raises(UserError) as err:
+        run_predict(tmp_path, models / "semi_frozen-seed0", tmp_path / "data/text_classification/toy/test.txt",
+                    tmp_path / "p.jsonl")
+    faults.record("saved models", f"predict with a saved model with {fault}", str(err.value), tmp_path)
