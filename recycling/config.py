@@ -31,7 +31,7 @@ SELECT_ON = ("dev_loss", "dev_metric")
 # Keys that do not change what a finished run computed: a result file whose runs differ from the
 # current config only in these can be resumed and extended.
 NOT_COMPUTATION = ("seeds", "modes", "cache_dir", "cache_batch_size", "eval_batch_size", "device", "compile",
-                   "prefetch_batches")
+                   "prefetch_batches", "verify_cache")
 PRECISIONS = ("fp32", "bf16")
 # Keys whose default changed: a result file without the key was computed with this value.
 LEGACY_DEFAULTS = {"length_group_batches": None}
@@ -63,6 +63,7 @@ class ExperimentConfig:
     cache_dtype: str = "float16"
     cache_batch_size: int = 64
     cache_dir: typing.Optional[str] = None  # default: derived from the inputs under the cache root
+    verify_cache: bool = False  # recompute the cache's checksums before training (reads the whole cache)
     batch_size: int = 32
     eval_batch_size: int = 64
     grad_accum_steps: int = 1
