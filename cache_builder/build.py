@@ -125,8 +125,8 @@ def build_cache(cache_dir: str | Path, model_name: str, model, cut_layer: int, s
 
     ``model`` comes from ``recycling.encoders.load_encoder(model_name)`` and is not modified;
     ``pad_id`` is the tokenizer's padding id. ``extra`` is recorded in the manifest, not compared.
-    One process builds a given cache at a time (a lock file ``<cache_dir>.lock`` beside it); another
-    waits, then reuses what the first built.
+    One process builds a given cache at a time (a lock file ``<cache_dir>.lock`` beside it, removed
+    once the cache is complete); another waits, then reuses what the first built.
     """
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
@@ -137,22 +137,32 @@ def build_cache(cache_dir: str | Path, model_name: str, model, cut_layer: int, s
     # Reusing a complete cache needs no lock (it is never modified), nor a writable parent folder.
     if (cache_dir / MANIFEST).is_file():
         return _reuse(cache_dir, fp)
-    with locked(cache_dir.with_name(cache_dir.name + ".lock"), f"cache {cache_dir}"):
+    lock = cache_dir.with_name(cache_dir.name + ".lock")
+    with locked(lock, f"cache {cache_dir}"):
         # Whoever held the lock before may have just finished this very cache.
         if (cache_dir / MANIFEST).is_file():
-            return _reuse(cache_dir, fp)
-        # An empty folder is harmless (the publishing rename replaces it); anything else is not ours.
-        if cache_dir.exists() and not (cache_dir.is_dir() and not any(cache_dir.iterdir())):
-            raise UserError(f"{cache_dir} exists but is not a complete cache (no {MANIFEST}): "
-                            "delete it or move it away, then rerun")
-        try:
-            return _build_locked(cache_dir, model_name, lower, cut_layer, splits, fp, pad_id, dtype,
-                                 batch_size, device, extra)
-        except OSError as err:
-            if err.errno not in NO_ROOM:
-                raise
-            raise UserError(f"not enough disk space for the cache at {cache_dir} ({err.strerror}): free some "
-                            "and rerun; finished splits are kept") from None
+            cache = _reuse(cache_dir, fp)
+        else:
+            cache = _build_or_explain(cache_dir, model_name, lower, cut_layer, splits, fp, pad_id, dtype,
+                                      batch_size, device, extra)
+        # The cache is complete, so whoever still waits on this file will find the manifest and
+        # only reuse it: the file can go. A failed or killed build leaves it for the next one.
+        lock.unlink(missing_ok=True)
+        return cache
+
+
+def _build_or_explain(cache_dir: Path, *args) -> ActivationCache:
+    # An empty folder is harmless (the publishing rename replaces it); anything else is not ours.
+    if cache_dir.exists() and not (cache_dir.is_dir() and not any(cache_dir.iterdir())):
+        raise UserError(f"{cache_dir} exists but is not a complete cache (no {MANIFEST}): "
+                        "delete it or move it away, then rerun")
+    try:
+        return _build_locked(cache_dir, *args)
+    except OSError as err:
+        if err.errno not in NO_ROOM:
+            raise
+        raise UserError(f"not enough disk space for the cache at {cache_dir} ({err.strerror}): free some "
+                        "and rerun; finished splits are kept") from None
 
 
 def _build_locked(cache_dir: Path, model_name: str, lower, cut_layer: int, splits: dict[str, CacheInput], fp: dict,

@@ -172,7 +172,9 @@ def test_command_line_builds_then_reuses(tiny):
     bad = subprocess.run(args[:-2] + ["--cache-dir", str(tiny["root"] / "cli"), "--dtype", "float32"],
                          capture_output=True, text=True)
     assert bad.returncode == 2
-    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: cache at")
+    # Log lines (INFO ...) may come first; the error itself is one line, the last.
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: cache at") and bad.stderr.endswith(errors[0] + "\n")
     assert "Traceback" not in bad.stderr
 
 

@@ -470,7 +470,7 @@ def test_build_killed_at_random_moments_resumes_to_identical_arrays(builders, tm
         pid = builders.build(cache_dir)
         builders.expect("done", pid)
         assert builders.wait(pid) == 0
-        assert not partial.exists()
+        assert not partial.exists() and not (tmp_path / "c.lock").exists()
         _same_as_reference(cache_dir, builders.reference)
     assert mid_split >= 3, mid_split
     assert resumed >= 1, resumed  # some reruns kept finished splits
@@ -486,6 +486,7 @@ def test_two_processes_building_the_same_cache_at_once(builders, tmp_path):
         builders.expect("done", pid)
         assert builders.wait(pid) == 0
     _same_as_reference(cache_dir, builders.reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]  # no lock file or partial left beside it
     cache = ActivationCache(cache_dir)
     for name in ("train", "dev", "test"):
         split = cache.split(name)
