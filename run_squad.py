@@ -80,7 +80,7 @@ def run(args) -> dict:
     data = QaDataset(config.dataset, splits, dev_held_out=True)
     if not args.eval_only:  # a saved model is always evaluated on the whole file
         data = data.head(config.max_examples)
-    base, tokenizer = load_encoder(config.model)
+    base, tokenizer = load_encoder(config.model, config.trust_remote_code)
     features = {s: task.features(data, s, tokenizer, config) for s in data.splits}
     pad_id = tokenizer.pad_token_id or 0
     datasets = {s: FeatureDataset(f, pad_id) for s, f in features.items()}

@@ -31,7 +31,7 @@ SELECT_ON = ("dev_loss", "dev_metric")
 # Keys that do not change what a finished run computed: a result file whose runs differ from the
 # current config only in these can be resumed and extended.
 NOT_COMPUTATION = ("seeds", "modes", "cache_dir", "cache_batch_size", "eval_batch_size", "device", "compile",
-                   "prefetch_batches", "verify_cache")
+                   "prefetch_batches", "verify_cache", "trust_remote_code")
 PRECISIONS = ("fp32", "bf16")
 # Keys whose default changed: a result file without the key was computed with this value.
 LEGACY_DEFAULTS = {"length_group_batches": None}
@@ -82,6 +82,7 @@ class ExperimentConfig:
     head_dropout: float = 0.1
     pooling: typing.Optional[str] = None  # cls | mean (sequence heads); default cls, mean for T5
     device: typing.Optional[str] = None  # default: cuda if available, else cpu
+    trust_remote_code: bool = False  # run the model repository's own Python code (only for code you trust)
     precision: str = "fp32"  # fp32 | bf16: autocast to bfloat16 (for GPUs; the cache dtype is separate)
     compile: bool = False  # torch.compile the model (dynamic shapes): speed only, same computation
     prefetch_batches: int = 2  # batches prepared ahead in a background thread (0: none)

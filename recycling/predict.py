@@ -59,7 +59,7 @@ def predict(args: argparse.Namespace) -> dict:
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
     data = task.load_file(path, config, info["data"])
-    base, tokenizer = load_encoder(config.model)
+    base, tokenizer = load_encoder(config.model, config.trust_remote_code)
     check_against_model(config, base, tokenizer)
     features = {SPLIT: task.features(data, SPLIT, tokenizer, config)}
     pad_id = tokenizer.pad_token_id or 0

@@ -199,7 +199,7 @@ def run_experiment(expected_task: str, args: argparse.Namespace) -> Path:
 
     # 1. data, tokenized once for the cache and the text modes alike
     data = task.load(args.data_dir, config)
-    base, tokenizer = load_encoder(config.model)
+    base, tokenizer = load_encoder(config.model, config.trust_remote_code)
     check_against_model(config, base, tokenizer)
     features = load_features(task, data, tokenizer, config)
     # One process per experiment (taken once the inputs are known to be good, so bad input writes
