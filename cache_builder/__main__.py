@@ -103,7 +103,7 @@ def main(argv=None) -> int:
             raise UserError("no data directory: pass --data-dir or set ER_DATA_DIR")
         task = get_task(config.task)
         data = task.load(args.data_dir, config)
-        model, tokenizer = load_encoder(config.model)
+        model, tokenizer = load_encoder(config.model, config.trust_remote_code)
         features = load_features(task, data, tokenizer, config)
         print(cache_of(config, features, model, tokenizer, args.cache_root, config.device).path)
 

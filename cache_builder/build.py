@@ -168,6 +168,8 @@ def _build_or_explain(cache_dir: Path, *args) -> ActivationCache:
 def _build_locked(cache_dir: Path, model_name: str, lower, cut_layer: int, splits: dict[str, CacheInput], fp: dict,
                   pad_id: int, dtype: str, batch_size: int, device: str | None, extra: dict | None) -> ActivationCache:
     partial = cache_dir.with_name(cache_dir.name + ".partial")
+    if partial.is_symlink():  # never write a build through a link planted at our temporary name
+        raise UserError(f"{partial} is a symbolic link; delete it, then rerun")
     fp_file = partial / "fingerprint.json"
     if partial.is_dir():
         old = _read_json_object(fp_file)

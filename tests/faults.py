@@ -24,6 +24,9 @@ def normalize(text: str, *roots) -> str:
     for root in roots:
         text = text.replace(str(root), "<tmp>")
     text = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/\s'\"]+", "<tmp>", text)
+    # A model given by its temporary path names its cache folder after that path.
+    text = re.sub(r"__tmp__pytest-of-[^/\s]*?__model-", "<model>-", text)
+    text = re.sub(r"-[0-9a-f]{12}\b", "-<hash>", text)
     text = re.sub(r"pid \d+", "pid N", text)
     text = re.sub(r"\d{8}T\d{6}", "<time>", text)
     return text.replace("|", "\\|")

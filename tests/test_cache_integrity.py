@@ -211,6 +211,17 @@ def test_folder_without_manifest_at_the_target_is_refused_not_replaced(tiny):
     assert len(_build(tiny, empty).split("dev")) == 8  # an empty folder is simply filled
 
 
+def test_a_link_planted_at_the_temporary_build_folder_is_never_written_through(tiny):
+    cache_dir, elsewhere = tiny["root"] / "c", tiny["root"] / "elsewhere"
+    elsewhere.mkdir()
+    cache_dir.with_name("c.partial").symlink_to(elsewhere)
+    with pytest.raises(UserError, match="is a symbolic link") as err:
+        _build(tiny, cache_dir)
+    assert not any(elsewhere.iterdir()) and not cache_dir.exists()
+    faults.record("cache", "a symbolic link planted at the build's temporary folder `<cache>.partial`",
+                  _error(err), tiny["root"])
+
+
 def _arrays(cache_dir: Path) -> dict:
     return {f"{split.name}/{a}": (split / a).read_bytes()
             for split in sorted(p for p in cache_dir.iterdir() if p.is_dir()) for a in ARRAYS}

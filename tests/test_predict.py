@@ -84,17 +84,24 @@ def test_a_model_trained_on_another_lower_part_is_refused(tmp_path, monkeypatch)
 
 
 def test_a_cache_of_another_lower_part_is_refused(tmp_path, monkeypatch):
+    from recycling import encoders
+
     monkeypatch.chdir(tmp_path)
     _, models = train_and_save(tmp_path, "text_classification", "[semi_frozen]")
-    (cache,) = [p.parent for p in (tmp_path / "caches").rglob("manifest.json")]
-    info = json.loads((models / "semi_frozen-seed0" / "model.json").read_text())
-    info["lower_weights_sha256"] = "0" * 64  # as if trained on another encoder's cache
-    (models / "semi_frozen-seed0" / "model.json").write_text(json.dumps(info))
-    with pytest.raises(UserError, match="another lower part") as err:
-        run_predict(tmp_path, models / "semi_frozen-seed0", tmp_path / "data/text_classification/toy/test.txt",
-                    tmp_path / "p.jsonl", "--cache-dir", str(cache))
-    faults.record("saved models", "predict with a model whose recorded lower part is not the cache's",
-                  str(err.value), tmp_path)
+    test_file, cache = tmp_path / "data/text_classification/toy/test.txt", tmp_path / "file-cache"
+    run_predict(tmp_path, models / "semi_frozen-seed0", test_file, tmp_path / "p.jsonl", "--cache-dir", str(cache))
+    # A model trained on another encoder's lower part (that encoder now under the same name) meets this cache.
+    save_tiny_bert(tmp_path / "model", seed=1)
+    other = encoders.load_encoder(str(tmp_path / "model"))[0]
+    info_file = models / "semi_frozen-seed0" / "model.json"
+    info = json.loads(info_file.read_text())
+    info["lower_weights_sha256"] = encoders.fingerprint_weights(encoders.lower_part(other, 2))
+    info_file.write_text(json.dumps(info))
+    with pytest.raises(UserError, match="built for different inputs \\(lower_weights_sha256") as err:
+        run_predict(tmp_path, models / "semi_frozen-seed0", test_file, tmp_path / "q.jsonl", "--cache-dir", str(cache))
+    faults.record("saved models", "predict reading (`--cache-dir`) a cache built by another lower part than "
+                  "the model's", str(err.value), tmp_path)
+    assert not (tmp_path / "q.jsonl").exists()
 
 
 @pytest.mark.parametrize("damage,fault", [
