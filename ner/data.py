@@ -10,14 +10,13 @@ column only (``require_tags=False``).
 
 from __future__ import annotations
 
-import codecs
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from recycling.config import split_limit
 from recycling.errors import UserError
-from recycling.files import dataset_dir
+from recycling.files import dataset_dir, read_lines
 
 SPLITS = ("train", "dev", "test")
 
@@ -85,29 +84,6 @@ def to_iob2(tags: list[str]) -> list[str]:
     return out
 
 
-def _decoded_lines(path: Path) -> list[str]:
-    """The file's physical lines as text, decoded one by one so a bad byte is reported with its line."""
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, not a data file")
-    if not path.exists():
-        raise UserError(f"missing data file: {path}")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
-    lines = []
-    # UTF-8 multi-byte sequences never contain \n or \r bytes, so splitting before decoding is safe.
-    for line_no, raw in enumerate(data.splitlines(), start=1):
-        try:
-            lines.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as err:
-            raise UserError(f"{path}:{line_no}: not valid UTF-8 (byte {raw[err.start]:#04x} "
-                            f"at column {err.start + 1})") from None
-    return lines
-
-
 def read_conll(path: Path, require_tags: bool = True, tag_names: list[str] | None = None) -> NerSplit:
     """Read one split; tags are checked, then normalized to IOB2 sentence by sentence.
 
@@ -129,7 +105,7 @@ def read_conll(path: Path, require_tags: bool = True, tag_names: list[str] | Non
             words.clear()
             tags.clear()
 
-    for line_no, line in enumerate(_decoded_lines(path), start=1):
+    for line_no, line in enumerate(read_lines(path), start=1):
         columns = line.split()
         if not columns or columns[0].startswith(DOCSTART):
             end_sentence()

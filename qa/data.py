@@ -23,7 +23,7 @@ from typing import Any
 
 from recycling.config import split_limit
 from recycling.errors import UserError
-from recycling.files import check_plain_name, dataset_dir
+from recycling.files import check_plain_name, dataset_dir, read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +74,7 @@ class _RawQuestion:
 
 def _load_json(path: Path) -> Any:
     """The parsed file; decoding and syntax errors carry a position so the user can find them."""
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, not a data file")
-    if not path.exists():
-        raise UserError(f"missing data file: {path}")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
+    data = read_bytes(path)
     try:
         # utf-8-sig drops a leading BOM, which json.loads would otherwise refuse.
         text = data.decode("utf-8-sig")

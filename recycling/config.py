@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from recycling.errors import UserError
-from recycling.files import check_plain_name
+from recycling.files import check_plain_name, read_bytes
 
 from recycling.tasks import METRICS
 
@@ -330,14 +330,9 @@ def _yaml_problem(err: BaseException, text: str) -> tuple[int | None, str]:
 def _read_yaml(path: Path) -> dict:
     """The file's mapping; every problem (unreadable bytes, YAML syntax, values no constructor can
     build, keys that are not names) is a UserError naming the file and, where known, the line."""
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, not a config file")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"config file not found: {path}")
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
+    raw = read_bytes(path, "config file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import hashlib
 import json
@@ -96,6 +97,38 @@ def locked(path: Path, what: str, wait: bool = True) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def read_bytes(path: Path, what: str = "data file") -> bytes:
+    """The bytes of a user's file; a folder, a missing or an unreadable file is a one-line error."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a {what}")
+    if not path.exists():
+        raise UserError(f"missing {what}: {path}")
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def read_lines(path: Path) -> list[str]:
+    """The file's physical lines as text (a leading BOM dropped); a bad byte is reported with its line.
+
+    Lines end at LF, CR or CRLF, as in Python's text mode, so line numbers match what editors show.
+    """
+    data = read_bytes(path)
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    lines = []
+    # No byte of a UTF-8 multi-byte sequence is \n or \r, so splitting before decoding is safe.
+    for line_no, raw in enumerate(data.splitlines(), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise UserError(f"{path}:{line_no}: not valid UTF-8 (byte {raw[err.start]:#04x} "
+                            f"at column {err.start + 1})") from None
+    return lines
 
 
 def check_plain_name(value: str, what: str, where: str | None = None) -> None:

@@ -8,7 +8,6 @@ default; other keys such as ``metadata`` are ignored). Every problem is reported
 
 from __future__ import annotations
 
-import codecs
 import json
 import math
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from recycling.config import split_limit
 from recycling.errors import UserError
-from recycling.files import dataset_dir
+from recycling.files import dataset_dir, read_lines
 
 SPLITS = ("train", "dev", "test")
 
@@ -52,33 +51,6 @@ class Dataset:
     def label_ids(self, split: str) -> list[int]:
         index = {name: i for i, name in enumerate(self.label_names)}
         return [index[label] for label in self.splits[split].labels]
-
-
-def read_lines(path: Path) -> list[str]:
-    """The file's physical lines as text (a leading BOM dropped); a bad byte is reported with its line.
-
-    Lines end at LF, CR or CRLF, as in Python's text mode, so line numbers match what editors show.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, not a data file")
-    if not path.exists():
-        raise UserError(f"missing data file: {path}")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
-    lines = []
-    # No byte of a UTF-8 multi-byte sequence is \n or \r, so splitting before decoding is safe.
-    for line_no, raw in enumerate(data.splitlines(), start=1):
-        try:
-            lines.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as err:
-            raise UserError(f"{path}:{line_no}: not valid UTF-8 (byte {raw[err.start]:#04x} "
-                            f"at column {err.start + 1})") from None
-    return lines
 
 
 def has_lone_surrogate(text: str) -> bool:
