@@ -130,7 +130,11 @@ def make_loader(dataset: FeatureDataset, batch_size: int, shuffle: bool, seed: i
     shortest. ``pin_memory`` (for CUDA) makes the host-to-device copies asynchronous.
     """
     sizes = dataset.lengths
-    common = dict(collate_fn=dataset.collate, pin_memory=pin_memory)
+    # Every iterator draws a base seed (for worker processes, which we never start) from the loader's
+    # generator, else from torch's global one, which dropout uses: with a generator of its own, how
+    # often a loader is iterated (by tqdm, evaluation, a resumed run) never shifts the dropout masks.
+    common = dict(collate_fn=dataset.collate, pin_memory=pin_memory,
+                  generator=torch.Generator().manual_seed(seed))
     if shuffle:
         generator = torch.Generator().manual_seed(seed)
         if group_by_length and group_batches is not None:

@@ -346,3 +346,17 @@ def test_a_checkpoint_of_another_run_or_a_damaged_one_is_refused(tmp_path):
     with pytest.raises(UserError, match="cannot be read") as err:
         _run_with_checkpoint(Checkpoint(path, {"mode": "toy", "seed": 0}, resume=True))
     faults.record("training", "`--resume` with a truncated checkpoint", str(err.value), tmp_path)
+
+
+def test_iterating_a_loader_leaves_the_random_stream_of_dropout_alone():
+    # Found on SQuAD: an extra iter() of the train loader (tqdm made one) moved every dropout mask.
+    data = _lengths_dataset(20)
+    for loader in (make_loader(data, 4, True, 0, True, group_batches=None),
+                   make_loader(data, 4, True, 0, True, group_batches=2),
+                   make_loader(data, 4, True, 0, False), make_loader(data, 4, False)):
+        torch.manual_seed(0)
+        before = torch.get_rng_state()
+        for _ in range(2):
+            list(loader)
+        iter(loader)
+        assert torch.equal(torch.get_rng_state(), before)
