@@ -133,3 +133,48 @@ def test_verify_cache_refuses_a_cache_damaged_after_it_was_built(setup):
     assert [r["seed"] for r in result(tmp_path)["runs"]["semi_frozen"]] == [0, 1]
     faults.record("training", "one bit flipped in a cached activation, training with `verify_cache: true`",
                   str(err.value), tmp_path)
+
+
+def test_a_training_process_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    model = save_tiny_bert(tmp_path / "model")
+    write_toy_dataset(tmp_path / "data", n_train=400)
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        f"base: {ROOT / 'HyperparameterSelection/text_classification/defaults.yaml'}\n"
+        f"model: {model}\ncut_layer: 2\nmax_epochs: 6\npatience: 6\nbatch_size: 8\nwarmup_steps: 5\n"
+        "max_length: 24\ndataset: toy\nseeds: [0]\nmodes: [semi_frozen]\nlength_group_batches: 4\n"
+        "learning_rate: {semi_frozen: 1.0e-3}\n")
+
+    def command(name, *extra):
+        return [sys.executable, str(ROOT / "TextClassificationScripts" / "run_experiment.py"), str(config),
+                "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / name),
+                "--cache-root", str(tmp_path / "caches"), "--checkpoint-dir", str(tmp_path / f"ckpt-{name}"), *extra]
+
+    def outcome(name):
+        (run,) = json.loads((tmp_path / name / "text_classification" / "toy" / "exp.json").read_text())["runs"][
+            "semi_frozen"]
+        return computed(run)
+
+    assert subprocess.run(command("reference"), cwd=tmp_path, capture_output=True).returncode == 0
+    checkpoint = tmp_path / "ckpt-killed" / "text_classification" / "toy" / "exp" / "semi_frozen-seed0.pt"
+    proc = subprocess.Popen(command("killed"), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not checkpoint.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # during the second epoch: the first one's checkpoint just landed
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    finished = len(torch.load(checkpoint, weights_only=True)["history"]["epochs"])
+    assert 1 <= finished < 6
+    resumed = subprocess.run(command("killed", "--resume"), cwd=tmp_path, capture_output=True, text=True)
+    assert resumed.returncode == 0 and f"after epoch {finished}" in resumed.stderr
+    assert outcome("killed") == outcome("reference")
+    faults.record("training", "the training process SIGKILLed right after its first checkpoint, then rerun with "
+                  "`--resume`", "continued after its last finished epoch; losses, dev and test scores identical "
+                  "to an uninterrupted run")
