@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -26,7 +27,7 @@ import torch
 from qa.data import QaDataset, hold_out, read_squad
 from recycling import hostmem, runner, saved
 from recycling.batches import FeatureDataset
-from recycling.config import CACHED_MODES, load_config
+from recycling.config import CACHED_MODES, check_against_model, load_config
 from recycling.encoders import load_encoder
 from recycling.errors import UserError, exit_code
 from recycling.files import write_json
@@ -59,12 +60,21 @@ def settings(args):
     if args.eval_only:
         if not args.load:
             raise UserError("--eval-only needs --load FOLDER")
-        return saved.read_info(args.load)
+        ignored = [flag for flag, given in (("--model", args.model), ("--cut-layer", args.cut_layer),
+                                            ("--set", args.set), ("--train-file", args.train_file)) if given]
+        if ignored:
+            raise UserError(f"--eval-only evaluates the saved model as it was trained: drop {', '.join(ignored)}")
+        info, config = saved.read_info(args.load)
+        if config.task != "qa":
+            raise UserError(f"{args.load} is a {config.task} model, not a qa model")
+        return info, config
     missing = [flag for flag, value in (("--train-file", args.train_file), ("--model", args.model),
                                         ("--cut-layer", args.cut_layer)) if value is None]
     if missing:
         raise UserError(f"training needs {', '.join(missing)}")
-    flags = [f"dataset={Path(args.train_file).stem}", f"model={args.model}", f"cut_layer={args.cut_layer}",
+    # Quoted: a file named 2024.json or "a #b.json" must give the dataset name it shows, not YAML's reading.
+    flags = [f"dataset={json.dumps(Path(args.train_file).stem)}", f"model={json.dumps(args.model)}",
+             f"cut_layer={args.cut_layer}",
              "task=qa", f"modes=[{args.mode}]", f"seeds=[{args.seed}]"]
     return None, load_config(args.config, flags + args.set)[0]
 
@@ -81,6 +91,7 @@ def run(args) -> dict:
     if not args.eval_only:  # a saved model is always evaluated on the whole file
         data = data.head(config.max_examples)
     base, tokenizer = load_encoder(config.model, config.trust_remote_code)
+    check_against_model(config, base, tokenizer)
     features = {s: task.features(data, s, tokenizer, config) for s in data.splits}
     pad_id = tokenizer.pad_token_id or 0
     datasets = {s: FeatureDataset(f, pad_id) for s, f in features.items()}

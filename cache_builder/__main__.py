@@ -92,6 +92,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from recycling import hostmem
+    from recycling.config import check_against_model
     from recycling.encoders import load_encoder
     from recycling.runner import cache_of, load_features
     from recycling.tasks import get_task
@@ -104,6 +105,7 @@ def main(argv=None) -> int:
         task = get_task(config.task)
         data = task.load(args.data_dir, config)
         model, tokenizer = load_encoder(config.model, config.trust_remote_code)
+        check_against_model(config, model, tokenizer)
         features = load_features(task, data, tokenizer, config)
         print(cache_of(config, features, model, tokenizer, args.cache_root, config.device).path)
 

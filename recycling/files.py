@@ -26,6 +26,18 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def writable_dir(path: str | Path, what: str) -> Path:
+    """``path`` as a folder that exists (created if needed), checked before any long work starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{what} {path} cannot be used as a folder ({err.strerror or err})") from None
+    if not path.is_dir():
+        raise UserError(f"{what} {path} is not a folder")
+    return path
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename or a new file in ``folder`` durable (a power cut must not undo a publish)."""
     fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -47,9 +59,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would otherwise become the published file's mode
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # again: a writer may have replaced the file (safetensors writes 0600)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -81,8 +93,13 @@ def locked(path: Path, what: str, wait: bool = True) -> Iterator[None]:
     ``wait=False`` raises :class:`Busy` naming ``what`` and the holder's pid instead of waiting.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    writable_dir(path.parent, "the folder of the lock file")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as err:
+        if path.is_symlink():  # O_NOFOLLOW: a planted link is refused, never followed
+            raise UserError(f"{path} is a symbolic link; delete it, then rerun") from None
+        raise UserError(f"cannot open the lock file {path} ({err.strerror or err})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -58,6 +58,9 @@ def predict(args: argparse.Namespace) -> dict:
     path = Path(args.data_file)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
+    output = Path(args.output)
+    if output.resolve() == path.resolve() or output.resolve().is_relative_to(Path(args.model).resolve()):
+        raise UserError(f"--output {output} would overwrite the data file or the saved model; choose another path")
     data = task.load_file(path, config, info["data"])
     base, tokenizer = load_encoder(config.model, config.trust_remote_code)
     check_against_model(config, base, tokenizer)
@@ -86,7 +89,7 @@ def predict(args: argparse.Namespace) -> dict:
                          pin_memory=torch.device(device).type == "cuda")
     evaluation = evaluate(model, loader, device, config.precision, config.prefetch_batches)
     predictions = task.predict(data, SPLIT, features[SPLIT], evaluation.outputs)
-    task.write_predictions(data, SPLIT, predictions, Path(args.output))
+    task.write_predictions(data, SPLIT, predictions, output)
     logger.info("%d predictions of %s (%s) written to %s in %.1fs", len(predictions), args.model, info["mode"],
                 args.output, evaluation.seconds)
     scores = {}

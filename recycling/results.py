@@ -135,12 +135,21 @@ def read_result(path: Path) -> dict:
     try:
         config = data["provenance"]["config"]
         ok = (isinstance(data["experiment"], str) and isinstance(data["runs"], dict)
-              and all(isinstance(config[k], (str, int)) for k in ("task", "dataset", "model", "cut_layer", "metric")))
+              and all(isinstance(config[k], (str, int)) for k in ("task", "dataset", "model", "cut_layer", "metric"))
+              and all(isinstance(runs, list) and all(_is_run(r) for r in runs) for runs in data["runs"].values()))
     except (KeyError, TypeError):
         ok = False
     if not ok:
-        raise UserError(f"{path} is not a result file of this project (no experiment, runs and provenance.config)")
+        raise UserError(f"{path} is not a result file of this project (experiment, provenance.config and "
+                        "complete runs expected)")
     return data
+
+
+def _is_run(run) -> bool:
+    """A finished run as the runner writes it (a run missing any of this would be skipped as done)."""
+    return (isinstance(run, dict) and type(run.get("seed")) is int
+            and all(isinstance(run.get(k), dict) for k in ("dev", "test", "history"))
+            and isinstance(run["history"].get("epochs"), list) and isinstance(run.get("inference_seconds"), (int, float)))
 
 
 def rebuild_summary(results_dir: Path) -> list[dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -18,14 +19,15 @@ from pathlib import Path
 
 import torch
 
-from cache_builder import task_cache
+from cache_builder import CacheInput, task_cache
+from cache_builder.build import inputs_sha256
 from recycling import encoders, hostmem, saved
 from recycling.batches import FeatureDataset, make_loader
 from recycling.config import (CACHED_MODES, LEGACY_DEFAULTS, NOT_COMPUTATION, ExperimentConfig, check_against_model,
                               load_config)
 from recycling.encoders import load_encoder
 from recycling.errors import UserError, exit_code
-from recycling.files import locked, write_json
+from recycling.files import locked, writable_dir, write_json
 from recycling.models import build_model, trainable_parameters
 from recycling.results import LOCKS, device_name, git_sha, provenance, read_result, rebuild_summary
 from recycling.tasks import Features, Task, get_task
@@ -125,10 +127,21 @@ def evaluate_split(model, split: str, config: ExperimentConfig, splits: dict, de
     return evaluate(model, loader, device, config.precision, config.prefetch_batches)
 
 
-def run_identity(mode: str, seed: int, config: ExperimentConfig) -> dict:
+def inputs_identity(features: dict[str, Features], base) -> dict:
+    """SHA-256s of what the runs learn from besides the config: every split's token ids, segment ids
+    and targets, and the pretrained weights (a local model folder or the data may change in place)."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        f = features[split]
+        digest.update(inputs_sha256(CacheInput(f.input_ids, f.token_type_ids)).encode())
+        digest.update(json.dumps(f.targets, sort_keys=True, default=lambda v: v.tolist()).encode())
+    return {"data_sha256": digest.hexdigest(), "model_sha256": encoders.fingerprint_weights(base)}
+
+
+def run_identity(mode: str, seed: int, config: ExperimentConfig, inputs: dict) -> dict:
     """What one run computes: a checkpoint continues only the run with this identity."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_COMPUTATION}
-    return {"mode": mode, "seed": seed, **settings}
+    return {"mode": mode, "seed": seed, **settings, **inputs}
 
 
 def run_one(mode: str, seed: int, config: ExperimentConfig, task: Task, data, base, splits: dict,
@@ -159,10 +172,12 @@ def computation_differs(old: dict, new: dict) -> list[str]:
                   if k not in NOT_COMPUTATION and old.get(k, defaults.get(k)) != v)
 
 
-def previous_result(out_path: Path, config: dict) -> dict | None:
+def previous_result(out_path: Path, config: dict, inputs: dict) -> dict | None:
     """The result file of an earlier, interrupted or narrower, invocation of this experiment.
 
-    One whose runs computed something else is moved aside (never deleted) and a new file started.
+    One whose runs computed something else (other settings, data or pretrained weights) is moved
+    aside (never deleted) and a new file started. Files from before inputs were recorded count as
+    matching them.
     """
     if not out_path.is_file():
         return None
@@ -173,7 +188,9 @@ def previous_result(out_path: Path, config: dict) -> dict | None:
         os.replace(out_path, aside)
         logger.warning("%s; moved to %s; starting a new file", err, aside.name)
         return None
-    differ = computation_differs(old["provenance"]["config"], config)
+    recorded = old["provenance"].get("inputs", inputs)
+    differ = computation_differs(old["provenance"]["config"], config) + sorted(
+        k for k in inputs if recorded.get(k) != inputs[k])
     if differ:
         aside = out_path.with_name(f"{out_path.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
         os.replace(out_path, aside)
@@ -213,7 +230,12 @@ def run_experiment(expected_task: str, args: argparse.Namespace) -> Path:
 def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, experiment: str, results_dir: Path,
                 out_path: Path, device, where: dict, data, base, tokenizer, features: dict[str, Features]) -> Path:
     run_dir = Path(config.task) / config.dataset / experiment
-    checkpoints = Path(args.checkpoint_dir) / run_dir
+    # Every folder this experiment writes to, checked before hours of work depend on it.
+    checkpoints = writable_dir(args.checkpoint_dir, "--checkpoint-dir") / run_dir
+    models_dir = writable_dir(args.save_models, "--save-models") / run_dir if args.save_models else None
+    if any(mode in CACHED_MODES for mode in config.modes) and not config.cache_dir:
+        writable_dir(args.cache_root, "--cache-root")
+    inputs = inputs_identity(features, base)
     pad_id = tokenizer.pad_token_id or 0
     text_splits = {s: FeatureDataset(features[s], pad_id) for s in SPLITS}
 
@@ -234,7 +256,8 @@ def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, exper
             "bytes": cache.nbytes(), "fingerprint": cache.fingerprint},
         "runs": {mode: [] for mode in config.modes},
     }
-    previous = previous_result(out_path, result["provenance"]["config"]) or {"runs": {}, "cache": None}
+    result["provenance"]["inputs"] = inputs
+    previous = previous_result(out_path, result["provenance"]["config"], inputs) or {"runs": {}, "cache": None}
     done = {(mode, run["seed"]): run for mode, runs in previous["runs"].items() for run in runs}
     result["cache"] = result["cache"] or previous["cache"]  # a narrower rerun may not need the cache
     for (mode, seed), run in done.items():  # keep earlier runs beyond this invocation's seeds and modes
@@ -248,12 +271,16 @@ def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, exper
                 continue
             logger.info("%s: mode %s, seed %d", experiment, mode, seed)
             splits = cached_splits if mode in CACHED_MODES else text_splits
-            checkpoint = Checkpoint(checkpoints / f"{mode}-seed{seed}.pt", run_identity(mode, seed, config),
+            checkpoint = Checkpoint(checkpoints / f"{mode}-seed{seed}.pt", run_identity(mode, seed, config, inputs),
                                     args.resume)
             if checkpoint.path.is_file() and not args.resume:
                 logger.warning("%s is from an earlier, unfinished run; starting over (--resume continues it)",
                                checkpoint.path)
-            save_to = Path(args.save_models) / run_dir / f"{mode}-seed{seed}" if args.save_models else None
+            save_to = models_dir / f"{mode}-seed{seed}" if models_dir else None
+            if save_to is not None and save_to.exists():  # the model of a run kept aside must stay with it
+                aside = save_to.with_name(f"{save_to.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+                os.replace(save_to, aside)
+                logger.warning("%s held an earlier model of this run: moved to %s", save_to, aside.name)
             lower_sha = cache.fingerprint["lower_weights_sha256"] if cache is not None else None
             result["runs"][mode].append(run_one(mode, seed, config, task, data, base, splits, features, device,
                                                 where, checkpoint, save_to, lower_sha))

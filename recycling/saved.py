@@ -47,6 +47,12 @@ def read_info(folder: str | Path) -> tuple[dict, ExperimentConfig]:
         raise UserError(f"{folder / INFO} is not readable JSON ({type(err).__name__})") from None
     if not isinstance(info, dict) or info.get("mode") not in MODES or not isinstance(info.get("data"), dict):
         raise UserError(f"{folder / INFO} is not the info of a saved model (mode, config, data)")
+    if info.get("format", FORMAT) != FORMAT:
+        raise UserError(f"{folder / INFO} has format {info.get('format')!r}; this version reads format {FORMAT}")
+    for key in ("label_names", "tag_names"):
+        names = info["data"].get(key)
+        if names is not None and (not isinstance(names, list) or len(set(map(str, names))) != len(names)):
+            raise UserError(f"{folder / INFO}: data.{key} must list each name once, got {names!r}")
     config = from_dict(info.get("config"), str(folder / INFO))
     if info["mode"] in CACHED_MODES and not isinstance(info.get("lower_weights_sha256"), str):
         raise UserError(f"{folder / INFO} has no fingerprint of the lower part its cache must come from")

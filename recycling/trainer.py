@@ -207,6 +207,9 @@ def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, d
         dev = evaluate(model, dev_loader, device, settings.precision, settings.prefetch_batches)
         record = {"epoch": epoch, "train_loss": float(running) / max(float(seen), 1), "dev_loss": dev.loss,
                   "train_seconds": seconds}
+        if not (math.isfinite(record["train_loss"]) and math.isfinite(dev.loss)):
+            raise UserError(f"training diverged in epoch {epoch} (train loss {record['train_loss']}, dev loss "
+                            f"{dev.loss}); nothing of this run is kept: lower the learning rate or weight decay")
         score = -dev.loss
         if dev_score is not None:
             score = record["dev_score"] = dev_score(dev)
