@@ -118,3 +118,43 @@ def test_a_damaged_saved_model_is_a_clear_error(tmp_path, monkeypatch, damage, f
         run_predict(tmp_path, models / "semi_frozen-seed0", tmp_path / "data/text_classification/toy/test.txt",
                     tmp_path / "p.jsonl")
     faults.record("saved models", f"predict with a saved model with {fault}", str(err.value), tmp_path)
+
+
+def test_predict_never_overwrites_its_input_or_its_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, models = train_and_save(tmp_path, "text_classification", "[semi_frozen]")
+    data = tmp_path / "data/text_classification/toy/test.txt"
+    before = data.read_text()
+    for output, what in ((data, "the data file"), (models / "semi_frozen-seed0" / "model.json", "the model")):
+        with pytest.raises(UserError, match="would overwrite") as err:
+            run_predict(tmp_path, models / "semi_frozen-seed0", data, output)
+        faults.record("saved models", f"predict with `--output` naming {what}", str(err.value), tmp_path)
+    assert data.read_text() == before
+
+
+def test_a_qa_evaluation_of_a_model_of_another_task_is_refused(tmp_path, monkeypatch):
+    import run_squad
+
+    monkeypatch.chdir(tmp_path)
+    _, models = train_and_save(tmp_path, "ner", "[full]")
+    write_toy_squad(tmp_path / "squad")
+    with pytest.raises(UserError, match="is a ner model, not a qa model") as err:
+        run_squad.run(run_squad.parse_args(["--eval-only", "--load", str(models / "full-seed0"), "--eval-file",
+                                            str(tmp_path / "squad" / "dev-v1.1.json"), "--output-dir",
+                                            str(tmp_path / "out")]))
+    faults.record("saved models", "`run_squad.py --eval-only` given an NER model", str(err.value), tmp_path)
+
+
+def test_a_saved_model_of_another_format_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, models = train_and_save(tmp_path, "text_classification", "[semi_frozen]")
+    info_file = models / "semi_frozen-seed0" / "model.json"
+    for change, fault in (({"format": 99}, "a model.json of another format"),
+                          ({"data": {"label_names": ["cat", "cat"]}}, "a model.json naming a label twice")):
+        info = json.loads(info_file.read_text())
+        info_file.write_text(json.dumps({**info, **change}))
+        with pytest.raises(UserError) as err:
+            run_predict(tmp_path, models / "semi_frozen-seed0", tmp_path / "data/text_classification/toy/test.txt",
+                        tmp_path / "p.jsonl")
+        faults.record("saved models", f"predict with {fault}", str(err.value), tmp_path)
+        info_file.write_text(json.dumps(info))

@@ -178,3 +178,68 @@ def test_a_training_process_killed_with_sigkill_resumes_to_the_same_result(tmp_p
     faults.record("training", "the training process SIGKILLed right after its first checkpoint, then rerun with "
                   "`--resume`", "continued after its last finished epoch; losses, dev and test scores identical "
                   "to an uninterrupted run")
+
+
+def test_results_of_other_data_are_moved_aside_not_reused(setup, caplog):
+    tmp_path, config = setup
+    one = ("--set", "modes=[semi_frozen]", "--set", "max_epochs=1")
+    runner.run_experiment("text_classification", args(tmp_path, config, *one))
+    train = tmp_path / "data" / "text_classification" / "toy" / "train.txt"
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    train.write_text("".join(json.dumps({**r, "text": r["text"] + " again"}) + "\n" for r in rows))
+    runner.run_experiment("text_classification", args(tmp_path, config, *one))
+    moved = next(r.getMessage() for r in caplog.records if "moved to" in r.getMessage())
+    assert "data_sha256" in moved and "model_sha256" not in moved
+    assert list((tmp_path / "results" / "text_classification" / "toy").glob("exp.json.replaced-*"))
+    faults.record("results", "the dataset's texts changed in place, then the experiment rerun",
+                  "warning: " + moved, tmp_path)
+
+
+def test_training_that_diverges_is_an_error_not_a_result(setup):
+    tmp_path, config = setup
+    with pytest.raises(UserError, match="training diverged in epoch 1") as err:
+        runner.run_experiment("text_classification", args(tmp_path, config, "--set", "modes=[semi_frozen]",
+                                                          "--set", "learning_rate={semi_frozen: 1.0e+30}"))
+    assert not (tmp_path / "results" / "text_classification" / "toy" / "exp.json").exists()
+    faults.record("training", "a learning rate of 1e30 (losses become NaN)", str(err.value), tmp_path)
+
+
+@pytest.mark.parametrize("option", ["--results-dir", "--checkpoint-dir", "--cache-root", "--save-models"])
+def test_an_output_folder_that_is_a_file_is_refused_before_training(setup, option):
+    tmp_path, config = setup
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    extra = ["--set", "modes=[semi_frozen]", "--set", "max_epochs=1"]
+    argv = [str(config), "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"),
+            "--cache-root", str(tmp_path / "caches"), "--checkpoint-dir", str(tmp_path / "ckpt"), *extra]
+    argv += [option, str(blocker)]
+    with pytest.raises(UserError) as err:
+        runner.run_experiment("text_classification", runner.parse_args("test", argv))
+    assert "a-file" in str(err.value)
+    faults.record("results", f"`{option}` names a file, not a folder", str(err.value), tmp_path)
+
+
+def test_a_link_planted_at_a_lock_file_is_refused(setup):
+    tmp_path, config = setup
+    lock = tmp_path / "results" / LOCKS / "text_classification" / "toy" / "exp.lock"
+    lock.parent.mkdir(parents=True)
+    (tmp_path / "target").write_text("untouched")
+    lock.symlink_to(tmp_path / "target")
+    with pytest.raises(UserError, match="is a symbolic link") as err:
+        runner.run_experiment("text_classification", args(tmp_path, config, "--set", "modes=[semi_frozen]"))
+    assert (tmp_path / "target").read_text() == "untouched"
+    faults.record("results", "a symbolic link planted at the experiment's lock file", str(err.value), tmp_path)
+
+
+def test_a_result_file_with_a_malformed_run_is_moved_aside(setup, caplog):
+    tmp_path, config = setup
+    one = ("--set", "modes=[semi_frozen]", "--set", "max_epochs=1")
+    runner.run_experiment("text_classification", args(tmp_path, config, *one))
+    path = tmp_path / "results" / "text_classification" / "toy" / "exp.json"
+    data = json.loads(path.read_text())
+    data["runs"]["semi_frozen"][0]["seed"] = "0"
+    path.write_text(json.dumps(data))
+    runner.run_experiment("text_classification", args(tmp_path, config, *one))
+    assert [r["seed"] for r in result(tmp_path)["runs"]["semi_frozen"]] == [0]
+    moved = next(r.getMessage() for r in caplog.records if "moved to" in r.getMessage())
+    faults.record("results", "a result file whose run has a seed that is a string", "warning: " + moved, tmp_path)
