@@ -93,7 +93,9 @@ def predict(args: argparse.Namespace) -> dict:
     logger.info("%d predictions of %s (%s) written to %s in %.1fs", len(predictions), args.model, info["mode"],
                 args.output, evaluation.seconds)
     scores = {}
-    if task.labelled(data, SPLIT):
+    if not task.labelled(data, SPLIT):
+        logger.warning("%s: not every example has a label, so the predictions are not scored", path)
+    else:
         scores = task.score(data, SPLIT, features[SPLIT], evaluation.outputs)
         logger.info("scores against the file's labels: %s",
                     ", ".join(f"{k} {100 * v:.2f}" for k, v in scores.items()))
