@@ -22,7 +22,7 @@ from cache_builder.store import (ARRAYS, DTYPES, FORMAT_VERSION, MANIFEST, NO_RO
 from recycling import encoders
 from recycling.batches import pad_ids
 from recycling.errors import UserError
-from recycling.files import fsync_dir, locked, write_json
+from recycling.files import fsync_dir, inside, locked, write_json
 from recycling.results import device_name
 from recycling.tasks import Features
 
@@ -287,6 +287,7 @@ def task_cache(features: dict[str, Features], *, task: str, dataset: str, model_
     The runner and ``python -m cache_builder`` both come here, so they find the same cache.
     """
     splits = {name: CacheInput(f.input_ids, f.token_type_ids) for name, f in features.items()}
-    path = cache_dir or default_cache_dir(cache_root, task, dataset, model_name, cut_layer, dtype, splits)
+    path = cache_dir or inside(cache_root, default_cache_dir(cache_root, task, dataset, model_name, cut_layer,
+                                                             dtype, splits), "the cache folder")
     return build_cache(path, model_name, model, cut_layer, splits, pad_id=pad_id, dtype=dtype,
                        batch_size=batch_size, device=device)

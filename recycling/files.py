@@ -38,6 +38,16 @@ def writable_dir(path: str | Path, what: str) -> Path:
     return path
 
 
+def inside(root: str | Path, path: Path, what: str) -> Path:
+    """``path``, refused if links inside ``root`` (a folder planted in place of one we create) make
+    it resolve outside ``root``: nothing is written anywhere the user did not point us to."""
+    real_root, real = Path(root).resolve(), Path(path).resolve()
+    if not real.is_relative_to(real_root):
+        raise UserError(f"{what} {path} leads outside {root} (to {real}) through a symbolic link; "
+                        "remove the link, then rerun")
+    return path
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename or a new file in ``folder`` durable (a power cut must not undo a publish)."""
     fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))

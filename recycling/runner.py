@@ -27,7 +27,7 @@ from recycling.config import (CACHED_MODES, LEGACY_DEFAULTS, NOT_COMPUTATION, Ex
                               load_config)
 from recycling.encoders import load_encoder
 from recycling.errors import UserError, exit_code
-from recycling.files import locked, writable_dir, write_json
+from recycling.files import inside, locked, writable_dir, write_json
 from recycling.models import build_model, trainable_parameters
 from recycling.results import LOCKS, device_name, git_sha, provenance, read_result, rebuild_summary
 from recycling.tasks import Features, Task, get_task
@@ -221,8 +221,10 @@ def run_experiment(expected_task: str, args: argparse.Namespace) -> Path:
     features = load_features(task, data, tokenizer, config)
     # One process per experiment (taken once the inputs are known to be good, so bad input writes
     # nothing): a second one would interleave its runs into the same file.
-    with locked(results_dir / LOCKS / config.task / config.dataset / f"{experiment}.lock",
-                f"experiment {experiment} ({out_path})", wait=False):
+    inside(results_dir, out_path, "the result file")
+    lock = inside(results_dir, results_dir / LOCKS / config.task / config.dataset / f"{experiment}.lock",
+                  "the lock file")
+    with locked(lock, f"experiment {experiment} ({out_path})", wait=False):
         return _run_locked(args, config, sources, task, experiment, results_dir, out_path, device, where, data,
                            base, tokenizer, features)
 
@@ -231,8 +233,12 @@ def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, exper
                 out_path: Path, device, where: dict, data, base, tokenizer, features: dict[str, Features]) -> Path:
     run_dir = Path(config.task) / config.dataset / experiment
     # Every folder this experiment writes to, checked before hours of work depend on it.
-    checkpoints = writable_dir(args.checkpoint_dir, "--checkpoint-dir") / run_dir
-    models_dir = writable_dir(args.save_models, "--save-models") / run_dir if args.save_models else None
+    checkpoints = inside(args.checkpoint_dir, writable_dir(args.checkpoint_dir, "--checkpoint-dir") / run_dir,
+                         "the checkpoint folder")
+    models_dir = None
+    if args.save_models:
+        models_dir = inside(args.save_models, writable_dir(args.save_models, "--save-models") / run_dir,
+                            "the model folder")
     if any(mode in CACHED_MODES for mode in config.modes) and not config.cache_dir:
         writable_dir(args.cache_root, "--cache-root")
     inputs = inputs_identity(features, base)

@@ -225,7 +225,7 @@ def test_a_link_planted_at_a_lock_file_is_refused(setup):
     lock.parent.mkdir(parents=True)
     (tmp_path / "target").write_text("untouched")
     lock.symlink_to(tmp_path / "target")
-    with pytest.raises(UserError, match="is a symbolic link") as err:
+    with pytest.raises(UserError, match="symbolic link") as err:
         runner.run_experiment("text_classification", args(tmp_path, config, "--set", "modes=[semi_frozen]"))
     assert (tmp_path / "target").read_text() == "untouched"
     faults.record("results", "a symbolic link planted at the experiment's lock file", str(err.value), tmp_path)
@@ -243,3 +243,19 @@ def test_a_result_file_with_a_malformed_run_is_moved_aside(setup, caplog):
     assert [r["seed"] for r in result(tmp_path)["runs"]["semi_frozen"]] == [0]
     moved = next(r.getMessage() for r in caplog.records if "moved to" in r.getMessage())
     faults.record("results", "a result file whose run has a seed that is a string", "warning: " + moved, tmp_path)
+
+
+@pytest.mark.parametrize("root", ["results", "caches", "ckpt", "models"])
+def test_a_folder_link_planted_inside_an_output_root_is_never_written_through(setup, root):
+    tmp_path, config = setup
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / root / "text_classification").mkdir(parents=True)
+    (tmp_path / root / "text_classification" / "toy").symlink_to(elsewhere)
+    with pytest.raises(UserError, match="through a symbolic link") as err:
+        runner.run_experiment("text_classification", args(tmp_path, config, "--set", "modes=[semi_frozen]",
+                                                          "--set", "max_epochs=1", "--save-models",
+                                                          str(tmp_path / "models")))
+    assert not any(elsewhere.iterdir())
+    faults.record("results", f"a folder link planted inside `{root}/` (at `text_classification/toy`)",
+                  str(err.value), tmp_path)
