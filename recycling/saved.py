@@ -9,10 +9,11 @@ the pretrained encoder and restores the weights strictly.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from recycling.config import CACHED_MODES, MODES, ExperimentConfig, from_dict
@@ -21,6 +22,7 @@ from recycling.files import atomic_path, write_json
 from recycling.models import TaskModel, build_model
 
 WEIGHTS, INFO = "model.safetensors", "model.json"
+INFO_SHA256 = "model_json_sha256"  # safetensors metadata key
 FORMAT = 1
 
 
@@ -28,12 +30,25 @@ def save(folder: str | Path, model: TaskModel, mode: str, config: ExperimentConf
          lower_weights_sha256: str | None) -> Path:
     """Write the model's weights, then its info; a folder is a saved model only once both exist."""
     folder = Path(folder)
+    info = {"format": FORMAT, "mode": mode, "cut_layer": config.cut_layer, "config": dataclasses.asdict(config),
+            "data": description, "lower_weights_sha256": lower_weights_sha256 if mode in CACHED_MODES else None}
     with atomic_path(folder / WEIGHTS) as tmp:
-        save_model(model, str(tmp))  # handles tied weights, unlike save_file
-    write_json(folder / INFO, {"format": FORMAT, "mode": mode, "cut_layer": config.cut_layer,
-                               "config": dataclasses.asdict(config), "data": description,
-                               "lower_weights_sha256": lower_weights_sha256 if mode in CACHED_MODES else None})
+        # The weights carry their info's hash: an edited or swapped model.json is caught on loading.
+        save_model(model, str(tmp), metadata={INFO_SHA256: _info_sha256(info)})  # save_model handles tied weights
+    write_json(folder / INFO, info)
     return folder
+
+
+def _info_sha256(info: dict) -> str:
+    return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()
+
+
+def _weights_metadata(path: Path) -> dict:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0][:200]})") from None
 
 
 def read_info(folder: str | Path) -> tuple[dict, ExperimentConfig]:
@@ -53,6 +68,10 @@ def read_info(folder: str | Path) -> tuple[dict, ExperimentConfig]:
         names = info["data"].get(key)
         if names is not None and (not isinstance(names, list) or len(set(map(str, names))) != len(names)):
             raise UserError(f"{folder / INFO}: data.{key} must list each name once, got {names!r}")
+    recorded = _weights_metadata(folder / WEIGHTS).get(INFO_SHA256)
+    if recorded is not None and recorded != _info_sha256(info):  # models saved before the hash have none
+        raise UserError(f"{folder / INFO} is not the info these weights were saved with (edited or swapped); "
+                        "save the model again")
     config = from_dict(info.get("config"), str(folder / INFO))
     if info["mode"] in CACHED_MODES and not isinstance(info.get("lower_weights_sha256"), str):
         raise UserError(f"{folder / INFO} has no fingerprint of the lower part its cache must come from")

@@ -84,7 +84,9 @@ def test_a_model_trained_on_another_lower_part_is_refused(tmp_path, monkeypatch)
 
 
 def test_a_cache_of_another_lower_part_is_refused(tmp_path, monkeypatch):
-    from recycling import encoders
+    from safetensors.torch import load_file, save_file
+
+    from recycling import encoders, saved
 
     monkeypatch.chdir(tmp_path)
     _, models = train_and_save(tmp_path, "text_classification", "[semi_frozen]")
@@ -97,6 +99,8 @@ def test_a_cache_of_another_lower_part_is_refused(tmp_path, monkeypatch):
     info = json.loads(info_file.read_text())
     info["lower_weights_sha256"] = encoders.fingerprint_weights(encoders.lower_part(other, 2))
     info_file.write_text(json.dumps(info))
+    weights = info_file.with_name(saved.WEIGHTS)  # re-signed, as saving that model would have
+    save_file(load_file(weights), weights, metadata={saved.INFO_SHA256: saved._info_sha256(info)})
     with pytest.raises(UserError, match="built for different inputs \\(lower_weights_sha256") as err:
         run_predict(tmp_path, models / "semi_frozen-seed0", test_file, tmp_path / "q.jsonl", "--cache-dir", str(cache))
     faults.record("saved models", "predict reading (`--cache-dir`) a cache built by another lower part than "
@@ -158,3 +162,17 @@ def test_a_saved_model_of_another_format_is_refused(tmp_path, monkeypatch):
                         tmp_path / "p.jsonl")
         faults.record("saved models", f"predict with {fault}", str(err.value), tmp_path)
         info_file.write_text(json.dumps(info))
+
+
+def test_an_edited_model_json_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, models = train_and_save(tmp_path, "text_classification", "[semi_frozen]")
+    info_file = models / "semi_frozen-seed0" / "model.json"
+    info = json.loads(info_file.read_text())
+    info["config"]["pooling"] = "mean"  # same shapes: only the hash can tell
+    info_file.write_text(json.dumps(info))
+    with pytest.raises(UserError, match="not the info these weights were saved with") as err:
+        run_predict(tmp_path, models / "semi_frozen-seed0", tmp_path / "data/text_classification/toy/test.txt",
+                    tmp_path / "p.jsonl")
+    faults.record("saved models", "predict with a model.json edited by hand (pooling changed to mean)",
+                  str(err.value), tmp_path)
