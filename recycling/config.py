@@ -100,6 +100,9 @@ class ExperimentConfig:
         for key in ("qa_train_file", "qa_dev_file", "qa_test_file"):
             if getattr(self, key) is not None:
                 check_plain_name(getattr(self, key), "file name", where(key))
+        for key in ("qa_dev_file", "qa_test_file"):
+            if getattr(self, key) == self.qa_train_file:
+                raise bad(key, f"names the training file '{self.qa_train_file}': selection and test need other data")
         if not self.modes:
             raise bad("modes", "must list at least one mode")
         if len(set(self.modes)) != len(self.modes):
