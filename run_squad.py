@@ -109,7 +109,7 @@ def run(args) -> dict:
         if mode in CACHED_MODES and info["lower_weights_sha256"] != lower_sha:
             raise UserError(f"{args.load} was trained on the cache of another lower part "
                             f"({info['lower_weights_sha256']}); this encoder's is {lower_sha}")
-        model = saved.load(args.load, base, task, data).to(device)
+        model = saved.load(args.load, info, config, base, task, data).to(device)
         report["loaded_from"] = str(args.load)
     else:
         model, history = runner.train_model(mode, args.seed, config, task, data, base, datasets, features, device)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recycling.errors import UserError
+from recycling.files import write_text
 from recycling.heads import IGNORE, TokenClassificationHead
 from recycling.tasks import Features, Task
 from ner.data import NerDataset, load_dataset, read_conll
@@ -168,4 +169,4 @@ class NerTask(Task):
             raise ValueError("predictions do not match the split's sentences word for word")
         blocks = ("".join(f"{word}\t{tag}\n" for word, tag in zip(s.words, tags))
                   for s, tags in zip(sentences, predictions))
-        self.write_atomically(Path(path), "\n".join(blocks))
+        write_text(Path(path), "\n".join(blocks))

@@ -20,6 +20,7 @@ import torch
 from qa.data import QaDataset, load_dataset, read_squad
 from qa.metrics import squad_scores
 from recycling.errors import UserError
+from recycling.files import write_text
 from recycling.heads import SpanHead
 from recycling.tasks import Features, Task
 
@@ -154,4 +155,4 @@ class QaTask(Task):
 
     def write_predictions(self, data: QaDataset, split: str, predictions: dict[str, str], path: Path) -> None:
         """The official ``{question id: answer}`` JSON that SQuAD's evaluation script reads."""
-        self.write_atomically(Path(path), json.dumps(predictions, indent=2, ensure_ascii=False) + "\n")
+        write_text(Path(path), json.dumps(predictions, indent=2, ensure_ascii=False) + "\n")

@@ -84,7 +84,7 @@ def predict(args: argparse.Namespace) -> dict:
         if config.verify_cache:
             cache.verify()
         dataset = FeatureDataset(features[SPLIT], pad_id, cache.split(SPLIT))
-    model = saved.load(args.model, base, task, data).to(device)
+    model = saved.load(args.model, info, config, base, task, data).to(device)
     loader = make_loader(dataset, config.eval_batch_size, False, group_by_length=config.group_by_length,
                          pin_memory=torch.device(device).type == "cuda")
     evaluation = evaluate(model, loader, device, config.precision, config.prefetch_batches)

@@ -78,9 +78,9 @@ def read_info(folder: str | Path) -> tuple[dict, ExperimentConfig]:
     return info, config
 
 
-def load(folder: str | Path, base, task, data) -> TaskModel:
-    """The saved model, rebuilt on ``base`` (the pretrained encoder named in its config)."""
-    info, config = read_info(folder)
+def load(folder: str | Path, info: dict, config: ExperimentConfig, base, task, data) -> TaskModel:
+    """The saved model (``info, config = read_info(folder)``), rebuilt on ``base``, the pretrained
+    encoder named in its config."""
     model = build_model(info["mode"], base, config.cut_layer, lambda: task.head(data, base, config),
                         config.adapter_size, seed=0)
     try:

@@ -16,7 +16,6 @@ from typing import Any
 from torch import nn
 
 from recycling.errors import UserError
-from recycling.files import write_text
 
 # name -> "module:class"; imported only when used, so configs can be checked without torch models.
 REGISTRY = {
@@ -105,8 +104,8 @@ class Task:
         """Write ``predict(...)``'s output for ``split``: text classification as JSON lines, one object
         per input line with the text and the predicted label under the configured text/label field
         names; NER as CoNLL, one ``word<TAB>predicted tag`` line per word, sentences separated by blank
-        lines; QA as the official ``{question id: answer}`` JSON. Written atomically (a temporary file
-        in the same folder from ``tempfile.mkstemp``, then ``os.replace``)."""
+        lines; QA as the official ``{question id: answer}`` JSON. Written atomically
+        (``recycling.files.write_text``)."""
         raise NotImplementedError
 
     @staticmethod
@@ -117,15 +116,6 @@ class Task:
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise UserError("the saved model's data description has no list of label names")
         return names
-
-    @staticmethod
-    def write_atomically(path: Path, text: str) -> None:
-        """``text`` to ``path`` through a unique temporary file beside it, so no reader (nor an
-        interrupted run) ever sees half a predictions file; a path that cannot be written is a UserError."""
-        try:
-            write_text(Path(path), text)
-        except OSError as err:
-            raise UserError(f"{path}: cannot write predictions ({err.strerror or err})") from None
 
 
 def get_task(name: str) -> Task:

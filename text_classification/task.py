@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from recycling.errors import UserError
+from recycling.files import write_text
 from recycling.heads import SequenceClassificationHead
 from recycling.metrics import classification_scores
 from recycling.tasks import Features, Task
@@ -80,4 +81,4 @@ class TextClassificationTask(Task):
             raise ValueError(f"{len(predictions)} predictions for {len(texts)} texts")
         rows = (json.dumps({data.text_field: text, data.label_field: label}, ensure_ascii=False)
                 for text, label in zip(texts, predictions))
-        self.write_atomically(Path(path), "".join(row + "\n" for row in rows))
+        write_text(Path(path), "".join(row + "\n" for row in rows))
