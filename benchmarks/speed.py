@@ -67,7 +67,8 @@ def load_model(spec: ModelSpec):
 
     config = AutoConfig.from_pretrained(CONFIGS / f"{spec.name.removeprefix('config:')}.json")
     torch.manual_seed(0)
-    model = (T5EncoderModel if config.model_type == "t5" else AutoModel).from_config(config)
+    # The Auto classes would build T5 with its decoder; only the encoder is recycled.
+    model = T5EncoderModel(config) if config.model_type == "t5" else AutoModel.from_config(config)
     encoders.architecture(model)
     encoders.drop_pooler(model)
     return model.eval(), None
@@ -148,6 +149,10 @@ class Side:
         self.batches = batches
         self.model = make_model(setting, base, cut, sequence_head(base), suite.adapter_size, device)
         self.model.train(self.train)
+        if not self.train:
+            # A served model has no trainable weights; torch's FLOP counter also fails on a weight
+            # that requires grad under inference mode (DeBERTa's relative embeddings).
+            self.model.requires_grad_(False)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-5) if self.train else None
         self.i = 0

@@ -65,21 +65,25 @@ def test_peak_rss_sees_an_allocation():
 @pytest.mark.parametrize("name, layers, hidden", [
     ("bert-base-uncased", 12, 768), ("roberta-large", 24, 1024), ("deberta-v2-xlarge", 24, 1536),
     ("t5-large-encoder", 24, 1024), ("all-MiniLM-L6-v2", 6, 384), ("all-mpnet-base-v2", 12, 768)])
-def test_paper_shapes_are_written_down_and_split(name, layers, hidden):
+def test_paper_shapes_are_written_down_and_every_setting_steps(name, layers, hidden, tmp_path, monkeypatch):
     config = AutoConfig.from_pretrained(CONFIGS / f"{name}.json")
     assert config.num_hidden_layers == layers and config.hidden_size == hidden
-    # The same architecture at a tiny size builds and splits (the real size is for GPUs).
+    assert {s.name for s in SUITES["gpu"].models} >= {f"config:{name}"}
+    # The same architecture at a tiny size goes through the GPU suite's own loading, every setting's
+    # step and its FLOP count (DeBERTa's FLOP count and T5's loading once failed only on the GPU).
     for key, value in dict(num_hidden_layers=2, num_layers=2, hidden_size=32, d_model=32, intermediate_size=37,
                            d_ff=37, num_attention_heads=4, num_heads=4, d_kv=8, vocab_size=99).items():
         if hasattr(config, key):
             setattr(config, key, value)
-    model = AutoModel.from_config(config) if config.model_type != "t5" else None
-    if model is None:
-        from transformers import T5EncoderModel
-
-        model = T5EncoderModel(config)
-    encoders.architecture(model)
-    assert {s.name for s in SUITES["gpu"].models} >= {f"config:{name}"}
+    (tmp_path / f"{name}.json").write_text(config.to_json_string())
+    monkeypatch.setattr(speed, "CONFIGS", tmp_path)
+    base, tokenizer = speed.load_model(ModelSpec(f"config:{name}", grid=()))
+    assert tokenizer is None and encoders.num_layers(base) == 2
+    suite = Suite(models=(), repeats=1, warmup=1, adapter_size=8)
+    text, cached = speed.synthetic_batches(base, 1, 8, 2, suite, "cpu")
+    for setting in speed.TRAIN_SETTINGS + ("infer_text", "infer_cache"):
+        side = speed.Side(setting, base, 1, suite, cached if setting in speed.CACHED_SETTINGS else text, "cpu")
+        assert side.flops() > 0, setting
 
 
 @pytest.mark.parametrize("weights, precision, cache_dtype", [
