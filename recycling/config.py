@@ -86,6 +86,8 @@ class ExperimentConfig:
     precision: str = "fp32"  # fp32 | bf16: autocast to bfloat16 (for GPUs; the cache dtype is separate)
     compile: bool = False  # torch.compile the model (dynamic shapes): speed only, same computation
     prefetch_batches: int = 2  # batches prepared ahead in a background thread (0: none)
+    # {key: [value, ...]}: run the experiment once per point of the grid (recycling/sweep.py)
+    sweep: typing.Optional[dict[str, list]] = None
 
     def validate(self, sources: dict[str, str] | None = None) -> None:
         """Check values that types alone cannot; errors name the file each key came from."""
@@ -271,11 +273,38 @@ def _checked(key: str, value, source: str):
     tp = _HINTS[key]
     if not _check(value, tp):
         raise UserError(f"{source}: key '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if key == "sweep":
+        return value if value is None else _checked_sweep(value, source)
     if typing.get_origin(tp) is dict:
         return {k: float(v) for k, v in value.items()}
     if value is not None and (tp is float or float in typing.get_args(tp)):
         return float(value)
     return value
+
+
+# Keys a sweep may vary: none of them changes the data or its tokenization, so one tokenized copy
+# serves every point (a cut layer or cache dtype gets its own cache).
+SWEEPABLE = ("learning_rate", "adapter_size", "cut_layer", "pooling", "warmup_ratio", "warmup_steps", "select_on",
+             "max_epochs", "patience", "weight_decay", "head_dropout", "batch_size", "grad_accum_steps",
+             "cache_dtype", "length_group_batches")
+
+
+def _checked_sweep(sweep: dict, source: str) -> dict[str, list]:
+    """Each swept key is one the sweep may vary, with a non-empty list of values of the key's type;
+    a learning rate may be one number for every mode."""
+    checked = {}
+    for key, values in sweep.items():
+        where = f"{source}: key 'sweep.{key}'"
+        if key not in SWEEPABLE:
+            known = "a setting" if key in FIELDS else "not a setting"
+            raise UserError(f"{where} cannot be swept ({known}; sweepable: {', '.join(SWEEPABLE)})")
+        if not values or len(values) != len({repr(v) for v in values}):
+            raise UserError(f"{where} must list distinct values, got {values!r}")
+        if key == "learning_rate":
+            checked[key] = [float(v) if _check(v, float) else _checked(key, v, f"{source} (sweep)") for v in values]
+        else:
+            checked[key] = [_checked(key, v, f"{source} (sweep)") for v in values]
+    return checked
 
 
 class _StrictLoader(yaml.SafeLoader):

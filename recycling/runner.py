@@ -21,7 +21,7 @@ import torch
 
 from cache_builder import CacheInput, task_cache
 from cache_builder.build import inputs_sha256
-from recycling import encoders, hostmem, saved
+from recycling import encoders, hostmem, saved, sweep
 from recycling.batches import FeatureDataset, make_loader
 from recycling.config import (CACHED_MODES, LEGACY_DEFAULTS, NOT_COMPUTATION, ExperimentConfig, check_against_model,
                               load_config)
@@ -148,12 +148,14 @@ def run_one(mode: str, seed: int, config: ExperimentConfig, task: Task, data, ba
             features: dict[str, Features], device, where: dict, checkpoint: Checkpoint | None = None,
             save_to: Path | None = None, lower_sha: str | None = None) -> dict:
     """Train one model and evaluate it; ``splits`` maps train/dev/test to datasets for this mode."""
+    start = time.perf_counter()
     model, history = train_model(mode, seed, config, task, data, base, splits, features, device, checkpoint)
     if save_to is not None:
         saved.save(save_to, model, mode, config, task.describe(data), lower_sha)
     dev, test = (evaluate_split(model, s, config, splits, device) for s in ("dev", "test"))
     return {
         "seed": seed,
+        "seconds": time.perf_counter() - start,  # the whole run: training, dev passes, saving, inference
         "trainable_parameters": sum(p.numel() for p in trainable_parameters(model)),
         "history": dataclasses.asdict(history),
         "dev": {**task.score(data, "dev", features["dev"], dev.outputs), "loss": dev.loss},
@@ -209,7 +211,6 @@ def run_experiment(expected_task: str, args: argparse.Namespace) -> Path:
     task = get_task(config.task)
     experiment = experiment_name(args.config, config.task)
     results_dir = Path(args.results_dir)
-    out_path = results_dir / config.task / config.dataset / f"{experiment}.json"
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # The code this process runs is the checkout as it was at the start, whatever is committed later.
     where = {"device": device_name(device), "git_sha": git_sha()}
@@ -219,6 +220,29 @@ def run_experiment(expected_task: str, args: argparse.Namespace) -> Path:
     base, tokenizer = load_encoder(config.model, config.trust_remote_code)
     check_against_model(config, base, tokenizer)
     features = load_features(task, data, tokenizer, config)
+    if config.sweep is None:
+        return _run_one_experiment(args, config, sources, task, experiment, results_dir, device, where, data, base,
+                                   tokenizer, features)
+    grid = sweep.points(config, sources["sweep"])
+    for point in grid:
+        check_against_model(point.config, base, tokenizer)
+    logger.info("%s: a sweep of %d points", experiment, len(grid))
+    files = []
+    for point in grid:
+        point_sources = sources | {key: sources["sweep"] for key in point.values}
+        files.append(_run_one_experiment(args, point.config, point_sources, task, f"{experiment}@{point.name}",
+                                         results_dir, device, where, data, base, tokenizer, features))
+    summary = sweep.summarize(experiment, config.sweep, grid, files, device)
+    out_path = results_dir / "sweeps" / config.task / config.dataset / f"{experiment}.json"
+    write_json(inside(results_dir, out_path, "the sweep file"), summary)
+    for line in sweep.describe(summary):
+        logger.info("%s: %s", experiment, line)
+    return out_path
+
+
+def _run_one_experiment(args, config: ExperimentConfig, sources: dict, task: Task, experiment: str, results_dir: Path,
+                        device, where: dict, data, base, tokenizer, features: dict[str, Features]) -> Path:
+    out_path = results_dir / config.task / config.dataset / f"{experiment}.json"
     # One process per experiment (taken once the inputs are known to be good, so bad input writes
     # nothing): a second one would interleave its runs into the same file.
     inside(results_dir, out_path, "the result file")
