@@ -1,0 +1,121 @@
+"""The accuracy studies' plots, made from the result files alone: ``python -m recycling.plots``.
+
+- ``gap_to_full.png``: for every experiment with ``full`` and a recycled mode on one device, each
+  recycled mode's mean test score minus ``full``'s (points), with the recycled mode's std over seeds.
+- ``sweep__<task>__<dataset>__<experiment>.png``: for every sweep, each mode's mean dev and test
+  score at each point, the point chosen on dev marked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from recycling.config import MODES  # noqa: E402
+from recycling.errors import UserError, exit_code  # noqa: E402
+from recycling.files import atomic_path  # noqa: E402
+from recycling.results import read_result, summary_rows  # noqa: E402
+from recycling.tasks import REGISTRY  # noqa: E402
+
+logger = logging.getLogger("recycling.plots")
+COLORS = {"full": "black", "semi_frozen": "tab:blue", "adapters": "tab:orange", "adapters_full": "tab:green"}
+
+
+def gap_rows(results_dir: Path) -> list[dict]:
+    """``{label, mode, gap, std, n_seeds}`` per experiment, device and recycled mode that has ``full``
+    beside it, in points of the experiment's metric."""
+    rows = []
+    for task in REGISTRY:
+        for path in sorted(results_dir.glob(f"{task}/*/*.json")):
+            try:
+                summary = summary_rows(read_result(path))
+            except UserError as err:
+                logger.warning("left out: %s", err)
+                continue
+            full = {r["device"]: r for r in summary if r["mode"] == "full"}
+            for r in summary:
+                if r["mode"] in ("semi_frozen", "adapters") and r["device"] in full:
+                    rows.append({"label": f"{r['dataset']}: {r['experiment']} ({r['metric']})", "mode": r["mode"],
+                                 "gap": r["test_mean"] - full[r["device"]]["test_mean"],
+                                 "std": r["test_std"] or 0.0, "n_seeds": r["n_seeds"]})
+    return rows
+
+
+def plot_gaps(rows: list[dict], out: Path) -> None:
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.5))
+    for offset, mode in ((-0.15, "semi_frozen"), (0.15, "adapters")):
+        mine = [r for r in rows if r["mode"] == mode]
+        ax.errorbar([r["gap"] for r in mine], [labels.index(r["label"]) + offset for r in mine],
+                    xerr=[r["std"] for r in mine], fmt="o", color=COLORS[mode], label=mode, capsize=3)
+    ax.axvline(0, color=COLORS["full"], linewidth=1, label="full (reference)")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("test score minus full's (points; bars: std over seeds)")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, out)
+
+
+def plot_sweep(summary: dict, out: Path) -> None:
+    names = [p["point"] for p in summary["points"]]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4))
+    x = range(len(names))
+    for mode in [m for m in MODES if m in summary["chosen"]]:
+        dev = [100 * p["modes"][mode]["dev_mean"] if mode in p["modes"] else None for p in summary["points"]]
+        test = [100 * p["modes"][mode]["test_mean"] if mode in p["modes"] else None for p in summary["points"]]
+        ax.plot(x, dev, "o--", color=COLORS[mode], alpha=0.6, label=f"{mode} dev")
+        ax.plot(x, test, "o-", color=COLORS[mode], label=f"{mode} test")
+        best = names.index(summary["chosen"][mode]["point"])
+        ax.plot([best], [test[best]], "*", color=COLORS[mode], markersize=16)
+    ax.set_xticks(list(x), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"{summary['metric']} (star: chosen on dev)")
+    ax.set_title(summary["experiment"], fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    _save(fig, out)
+
+
+def _save(fig, out: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    logger.info("wrote %s", out)
+
+
+def make_all(results_dir: Path, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    rows = gap_rows(results_dir)
+    if rows:
+        plot_gaps(rows, out_dir / "gap_to_full.png")
+        written.append(out_dir / "gap_to_full.png")
+    for path in sorted(results_dir.glob("sweeps/*/*/*.json")):
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        task, dataset = path.parts[-3], path.parts[-2]
+        out = out_dir / f"sweep__{task}__{dataset}__{path.stem}.png"
+        plot_sweep(summary, out)
+        written.append(out)
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--out-dir", default=None, help="default: <results-dir>/plots")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    results = Path(args.results_dir)
+    return exit_code(lambda: make_all(results, Path(args.out_dir) if args.out_dir else results / "plots"))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
