@@ -19,10 +19,9 @@ matplotlib.use("Agg")  # files only; no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from recycling.config import MODES  # noqa: E402
-from recycling.errors import UserError, exit_code  # noqa: E402
+from recycling.errors import exit_code  # noqa: E402
 from recycling.files import atomic_path  # noqa: E402
-from recycling.results import read_result, summary_rows  # noqa: E402
-from recycling.tasks import REGISTRY  # noqa: E402
+from recycling.results import all_summary_rows  # noqa: E402
 
 logger = logging.getLogger("recycling.plots")
 COLORS = {"full": "black", "semi_frozen": "tab:blue", "adapters": "tab:orange", "adapters_full": "tab:green"}
@@ -31,20 +30,15 @@ COLORS = {"full": "black", "semi_frozen": "tab:blue", "adapters": "tab:orange", 
 def gap_rows(results_dir: Path) -> list[dict]:
     """``{label, mode, gap, std, n_seeds}`` per experiment, device and recycled mode that has ``full``
     beside it, in points of the experiment's metric."""
+    summary = all_summary_rows(results_dir)
+    full = {(r["experiment"], r["dataset"], r["device"]): r for r in summary if r["mode"] == "full"}
     rows = []
-    for task in REGISTRY:
-        for path in sorted(results_dir.glob(f"{task}/*/*.json")):
-            try:
-                summary = summary_rows(read_result(path))
-            except UserError as err:
-                logger.warning("left out: %s", err)
-                continue
-            full = {r["device"]: r for r in summary if r["mode"] == "full"}
-            for r in summary:
-                if r["mode"] in ("semi_frozen", "adapters") and r["device"] in full:
-                    rows.append({"label": f"{r['dataset']}: {r['experiment']} ({r['metric']})", "mode": r["mode"],
-                                 "gap": r["test_mean"] - full[r["device"]]["test_mean"],
-                                 "std": r["test_std"] or 0.0, "n_seeds": r["n_seeds"]})
+    for r in summary:
+        reference = full.get((r["experiment"], r["dataset"], r["device"]))
+        if r["mode"] in ("semi_frozen", "adapters") and reference is not None:
+            rows.append({"label": f"{r['dataset']}: {r['experiment']} ({r['metric']})", "mode": r["mode"],
+                         "gap": r["test_mean"] - reference["test_mean"], "std": r["test_std"] or 0.0,
+                         "n_seeds": r["n_seeds"]})
     return rows
 
 

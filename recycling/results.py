@@ -162,7 +162,9 @@ def rebuild_summary(results_dir: Path) -> list[dict]:
         return _rebuild_summary(results_dir)
 
 
-def _rebuild_summary(results_dir: Path) -> list[dict]:
+def all_summary_rows(results_dir: Path) -> list[dict]:
+    """The summary rows of every result file under ``results_dir``; unreadable files are left out
+    with a warning naming them."""
     rows = []
     for task in REGISTRY:
         for path in sorted(results_dir.glob(f"{task}/*/*.json")):
@@ -173,6 +175,11 @@ def _rebuild_summary(results_dir: Path) -> list[dict]:
             except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
                 logger.warning("left out of the summary: %s has runs this version cannot read (%s: %s)",
                                path, type(err).__name__, err)
+    return rows
+
+
+def _rebuild_summary(results_dir: Path) -> list[dict]:
+    rows = all_summary_rows(results_dir)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -84,8 +84,7 @@ def summarize(experiment: str, sweep: dict, grid: list[Point], files: list[Path]
     chosen = {}
     for mode in sorted({m for row in rows for m in row["modes"]}):
         scored = [row for row in rows if mode in row["modes"]]
-        # Ties go to the earlier point in the file's order.
-        best = max(scored, key=lambda row: (row["modes"][mode]["dev_mean"], -scored.index(row)))
+        best = max(scored, key=lambda row: row["modes"][mode]["dev_mean"])  # ties: the earlier point
         chosen[mode] = {"point": best["point"], "values": best["values"], **best["modes"][mode]}
     build_s = sum(builds.values())
     grid_time = []
