@@ -25,6 +25,9 @@ from recycling.tasks import METRICS
 MODES = ("full", "semi_frozen", "adapters", "adapters_full")
 CACHED_MODES = ("semi_frozen", "adapters")
 BASELINE_OF = {"semi_frozen": "full", "adapters": "adapters_full"}
+# Settings a mode never reads: a sweep over them runs that mode once, not again at every point.
+IGNORED_BY = {"full": ("cut_layer", "cache_dtype", "adapter_size"), "semi_frozen": ("adapter_size",),
+              "adapters": (), "adapters_full": ("cache_dtype",)}
 POOLINGS = ("cls", "mean")
 WINDOWED_TASKS = ("ner", "qa")  # tasks that split long texts into windows (window_stride applies)
 SELECT_ON = ("dev_loss", "dev_metric")

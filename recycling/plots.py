@@ -3,7 +3,9 @@
 - ``gap_to_full.png``: for every experiment with ``full`` and a recycled mode on one device, each
   recycled mode's mean test score minus ``full``'s (points), with the recycled mode's std over seeds.
 - ``sweep__<task>__<dataset>__<experiment>.png``: for every sweep, each mode's mean dev and test
-  score at each point, the point chosen on dev marked.
+  score at each point, the point chosen on dev marked; for a sweep over ``cut_layer`` alone with
+  ``full`` in it, the recycled modes' test score against their speedup over ``full`` (training epoch
+  and inference), one point per cut, ``full``'s score as the reference line.
 """
 
 from __future__ import annotations
@@ -77,6 +79,41 @@ def plot_sweep(summary: dict, out: Path) -> None:
     _save(fig, out)
 
 
+def cut_points(summary: dict) -> dict[str, list[dict]]:
+    """Per recycled mode of a cut sweep, one ``{cut, train_speedup, infer_speedup, score, std}`` per
+    point: speedups over the sweep's ``full`` run (training epoch, dev + test inference), in points."""
+    full = summary["chosen"]["full"]
+    lines = {}
+    for mode in ("semi_frozen", "adapters", "adapters_full"):
+        lines[mode] = [{"cut": p["values"]["cut_layer"], "train_speedup": full["train_epoch_s"] / m["train_epoch_s"],
+                        "infer_speedup": full["infer_s"] / m["infer_s"], "score": 100 * m["test_mean"],
+                        "std": 0.0 if m["test_std"] is None else 100 * m["test_std"]}
+                       for p in summary["points"] if (m := p["modes"].get(mode))]
+    return {mode: line for mode, line in lines.items() if line}
+
+
+def plot_cut(summary: dict, out: Path) -> None:
+    lines = cut_points(summary)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key, what in ((axes[0], "train_speedup", "training epoch"), (axes[1], "infer_speedup", "inference (dev + test)")):
+        for mode, line in lines.items():
+            ax.errorbar([c[key] for c in line], [c["score"] for c in line], yerr=[c["std"] for c in line], fmt="o-",
+                        color=COLORS[mode], label=mode, capsize=3)
+            for c in line:
+                ax.annotate(f"k={c['cut']}", (c[key], c["score"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.axhline(100 * summary["chosen"]["full"]["test_mean"], color=COLORS["full"], linewidth=1, label="full")
+        ax.set_xlabel(f"{what} speedup over full (this sweep's runs)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"test {summary['metric']} (bars: std over seeds)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{summary['experiment']}: the cut k", fontsize=9)
+    _save(fig, out)
+
+
+def is_cut_sweep(summary: dict) -> bool:
+    return list(summary["sweep"]) == ["cut_layer"] and "full" in summary["chosen"]
+
+
 def _save(fig, out: Path) -> None:
     fig.tight_layout()
     with atomic_path(out) as tmp:
@@ -96,7 +133,7 @@ def make_all(results_dir: Path, out_dir: Path) -> list[Path]:
         summary = json.loads(path.read_text(encoding="utf-8"))
         task, dataset = path.parts[-3], path.parts[-2]
         out = out_dir / f"sweep__{task}__{dataset}__{path.stem}.png"
-        plot_sweep(summary, out)
+        (plot_cut if is_cut_sweep(summary) else plot_sweep)(summary, out)
         written.append(out)
     return written
 

@@ -4,7 +4,9 @@
 every combination (a learning rate given as one number applies to every mode). Each point is an
 ordinary experiment, ``<experiment>@<key>=<value>,...``, with its own result file, resumable like
 any other; every point shares the tokenized data and, where the cut and cache dtype are the same,
-one cache. The sweep's file (``<results>/sweeps/<task>/<dataset>/<experiment>.json``) then picks,
+one cache. A mode runs only at the first point that changes a setting it reads (``full`` once in a
+sweep over ``cut_layer``: see ``IGNORED_BY``); a point that would rerun only such modes is left out.
+The sweep's file (``<results>/sweeps/<task>/<dataset>/<experiment>.json``) then picks,
 for each mode, the point with the best mean dev score (test scores play no part) and reports its
 test score, and the grid's total time: the cached modes with their cache builds against their
 baselines reading text.
@@ -14,12 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import math
 from pathlib import Path
 
-from recycling.config import BASELINE_OF, CACHED_MODES, ExperimentConfig, from_dict
+from recycling.config import BASELINE_OF, CACHED_MODES, IGNORED_BY, ExperimentConfig, from_dict
 from recycling.metrics import mean_std
 from recycling.results import environment, portable_path, read_result
+
+logger = logging.getLogger("recycling.sweep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +40,18 @@ def _text(value) -> str:
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
+def _what_mode_reads(mode: str, config: ExperimentConfig, keys: list[str]) -> tuple:
+    """The swept settings ``mode`` reads, at ``config``'s values: equal tuples, the same run."""
+    return tuple((k, repr(config.learning_rate[mode] if k == "learning_rate" else getattr(config, k)))
+                 for k in keys if k not in IGNORED_BY[mode])
+
+
 def points(config: ExperimentConfig, source: str) -> list[Point]:
-    """Every combination of the swept values, in the order the file lists them."""
+    """Every combination of the swept values, in the order the file lists them, each with the modes
+    it runs: a mode whose settings an earlier point already ran is not run again."""
     base = dataclasses.asdict(config) | {"sweep": None}
     keys = list(config.sweep)
-    grid = []
+    grid, ran = [], set()
     for combo in itertools.product(*(config.sweep[k] for k in keys)):
         values = dict(zip(keys, combo))
         settings = dict(base)
@@ -48,7 +60,18 @@ def points(config: ExperimentConfig, source: str) -> list[Point]:
                 value = {m: value for m in config.modes} if not isinstance(value, dict) else {**base[key], **value}
             settings[key] = value
         name = ",".join(f"{k}={_text(v)}" for k, v in values.items())
-        grid.append(Point(name, values, from_dict(settings, f"{source} (sweep point {name})")))
+        where = f"{source} (sweep point {name})"
+        point = from_dict(settings, where)
+        runs = {m: _what_mode_reads(m, point, keys) for m in config.modes}
+        modes = [m for m in config.modes if (m, runs[m]) not in ran]
+        ran.update(runs.items())
+        if not modes:
+            logger.info("sweep point %s: every mode already ran at an earlier point (they ignore %s)", name,
+                        ", ".join(keys))
+            continue
+        if modes != list(config.modes):
+            point = from_dict(settings | {"modes": modes}, where)
+        grid.append(Point(name, values, point))
     return grid
 
 
@@ -79,7 +102,9 @@ def summarize(experiment: str, sweep: dict, grid: list[Point], files: list[Path]
             total = sum(_run_seconds(r) for r in runs)
             seconds[mode] = seconds.get(mode, 0.0) + total
             modes[mode] = {"n_seeds": len(runs), "dev_mean": dev[0], "dev_std": dev[1], "test_mean": test[0],
-                           "test_std": test[1], "seconds": total}
+                           "test_std": test[1], "seconds": total,
+                           "train_epoch_s": mean_std([e["train_seconds"] for r in runs for e in r["history"]["epochs"]])[0],
+                           "infer_s": mean_std([r["inference_seconds"] for r in runs])[0]}
         rows.append({"point": point.name, "values": point.values, "file": portable_path(str(path)), "modes": modes})
     chosen = {}
     for mode in sorted({m for row in rows for m in row["modes"]}):

@@ -37,7 +37,7 @@ def test_the_command_writes_the_gap_chart_and_one_chart_per_sweep(tmp_path):
     sweep.parent.mkdir(parents=True)
     point = lambda name, dev: {"point": name, "values": {}, "modes": {  # noqa: E731
         "semi_frozen": {"dev_mean": dev, "test_mean": dev - 0.01, "test_std": None}}}
-    sweep.write_text(json.dumps({"experiment": "grid", "metric": "micro_f1",
+    sweep.write_text(json.dumps({"experiment": "grid", "metric": "micro_f1", "sweep": {"learning_rate": [1e-5, 1e-4]},
                                  "points": [point("learning_rate=1e-05", 0.5), point("learning_rate=0.0001", 0.7)],
                                  "chosen": {"semi_frozen": {"point": "learning_rate=0.0001"}}}))
     assert plots.main(["--results-dir", str(tmp_path)]) == 0
@@ -45,3 +45,31 @@ def test_the_command_writes_the_gap_chart_and_one_chart_per_sweep(tmp_path):
     assert written == ["gap_to_full.png", "sweep__text_classification__a__grid.png"]
     for name in written:
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _cut_sweep() -> dict:
+    mode = lambda test, std, epoch, infer: {"dev_mean": test, "test_mean": test, "test_std": std,  # noqa: E731
+                                           "train_epoch_s": epoch, "infer_s": infer}
+    return {"experiment": "cuts", "metric": "macro_f1", "sweep": {"cut_layer": [1, 2]},
+            "points": [{"point": "cut_layer=1", "values": {"cut_layer": 1},
+                        "modes": {"full": mode(0.70, None, 12.0, 6.0), "semi_frozen": mode(0.69, 0.01, 10.0, 5.0)}},
+                       {"point": "cut_layer=2", "values": {"cut_layer": 2},
+                        "modes": {"semi_frozen": mode(0.60, None, 4.0, 2.0)}}],
+            "chosen": {"full": {"point": "cut_layer=1", **mode(0.70, None, 12.0, 6.0)},
+                       "semi_frozen": {"point": "cut_layer=1", **mode(0.69, 0.01, 10.0, 5.0)}}}
+
+
+def test_a_cut_sweep_plots_score_against_speedup_over_its_one_full_run(tmp_path):
+    summary = _cut_sweep()
+    assert plots.is_cut_sweep(summary)
+    assert plots.cut_points(summary) == {"semi_frozen": [
+        {"cut": 1, "train_speedup": 1.2, "infer_speedup": 1.2, "score": 69.0, "std": 1.0},
+        {"cut": 2, "train_speedup": 3.0, "infer_speedup": 3.0, "score": 60.0, "std": 0.0}]}
+    # Without full, or sweeping more than the cut, there is no reference: the ordinary sweep chart.
+    assert not plots.is_cut_sweep({**summary, "chosen": {"semi_frozen": summary["chosen"]["semi_frozen"]}})
+    assert not plots.is_cut_sweep({**summary, "sweep": {"cut_layer": [1, 2], "learning_rate": [1e-4]}})
+    path = tmp_path / "sweeps" / "text_classification" / "a" / "cuts.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(summary))
+    assert plots.main(["--results-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "plots" / "sweep__text_classification__a__cuts.png").read_bytes()[:4] == b"\x89PNG"

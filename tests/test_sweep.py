@@ -39,6 +39,29 @@ def test_points_are_the_product_in_file_order_with_rates_for_every_mode(tmp_path
     assert grid[3].config.adapter_size == 256 and all(p.config.sweep is None for p in grid)
 
 
+def test_a_mode_runs_only_where_the_sweep_changes_a_setting_it_reads(tmp_path):
+    config, sources = load_config(_file(tmp_path, "sweep: {cut_layer: [1, 2, 3]}\n"))
+    grid = sweep.points(config, sources["sweep"])
+    # full never reads the cut: it runs once, at the first point, the reference for every cut.
+    assert [(p.name, p.config.modes) for p in grid] == [
+        ("cut_layer=1", ["full", "semi_frozen", "adapters"]), ("cut_layer=2", ["semi_frozen", "adapters"]),
+        ("cut_layer=3", ["semi_frozen", "adapters"])]
+    assert [p.config.cut_layer for p in grid] == [1, 2, 3]
+    config, sources = load_config(_file(tmp_path, "sweep: {learning_rate: [1.0e-4, {adapters: 1.0e-3}], "
+                                                  "adapter_size: [64, 256]}\n"))
+    # The mapping leaves full and semi_frozen at the file's 2e-5: new for them only at its first point.
+    assert [(p.name, p.config.modes) for p in sweep.points(config, sources["sweep"])] == [
+        ("learning_rate=0.0001,adapter_size=64", ["full", "semi_frozen", "adapters"]),
+        ("learning_rate=0.0001,adapter_size=256", ["adapters"]),
+        ("learning_rate=adapters-0.001,adapter_size=64", ["full", "semi_frozen", "adapters"]),
+        ("learning_rate=adapters-0.001,adapter_size=256", ["adapters"])]
+    # A point with nothing new to run is left out.
+    path = _file(tmp_path, "sweep: {adapter_size: [64, 256]}\n")
+    path.write_text(path.read_text().replace("[full, semi_frozen, adapters]", "[full, semi_frozen]"))
+    config, sources = load_config(path)
+    assert [p.name for p in sweep.points(config, sources["sweep"])] == ["adapter_size=64"]
+
+
 @pytest.mark.parametrize("body, message", [
     ("sweep: {model: [a, b]}", "key 'sweep.model' cannot be swept (a setting; sweepable: learning_rate"),
     ("sweep: {learnig_rate: [1.0e-4]}", "key 'sweep.learnig_rate' cannot be swept (not a setting"),
@@ -65,7 +88,7 @@ def _result(path: Path, runs: dict, cache_build=None) -> Path:
                                                            "model": "m", "cut_layer": 2, "metric": "micro_f1"}},
         "cache": None if cache_build is None else {"path": "c", "build_seconds": cache_build, "bytes": 1},
         "runs": {mode: [{"seed": i, "dev": {"micro_f1": d}, "test": {"micro_f1": t}, "seconds": s,
-                         "history": {"epochs": []}, "inference_seconds": 0.0}
+                         "history": {"epochs": [{"train_seconds": s / 2}]}, "inference_seconds": s / 4}
                         for i, (d, t, s) in enumerate(rs)] for mode, rs in runs.items()}}))
     return path
 
@@ -89,6 +112,9 @@ def test_the_choice_is_on_dev_only_and_the_grid_is_timed_with_its_cache_once(tmp
     assert summary["caches"] == 1 and summary["cache_build_seconds"] == 3.0
     assert summary["grid_time"] == [{"recycled": "semi_frozen", "baseline": "full", "recycled_s": 27.0,
                                      "baseline_s": 30.0, "speedup": pytest.approx(30 / 27)}]
+    # Each point's mean training epoch and inference time, for the cut study's speedups.
+    assert summary["points"][0]["modes"]["full"]["train_epoch_s"] == 5.0
+    assert summary["points"][0]["modes"]["semi_frozen"]["infer_s"] == 1.0
     assert any("semi_frozen: chose learning_rate=1e-05 (dev 60.00), test micro_f1 70.00 +- 14.14" == line
                for line in sweep.describe(summary))
 
@@ -126,3 +152,23 @@ def test_a_sweep_end_to_end_shares_one_cache_resumes_and_is_chosen_on_dev(tmp_pa
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("already in") == 8 and "built cache" not in again.stderr
+
+
+def test_a_cut_sweep_runs_full_once_and_builds_one_cache_per_cut(tmp_path):
+    model = save_tiny_bert(tmp_path / "model")
+    write_toy_dataset(tmp_path / "data")
+    config = tmp_path / "cuts.yaml"
+    config.write_text(f"base: {DEFAULTS}\ndataset: toy\nmodel: {model}\ncut_layer: 2\nmax_epochs: 1\n"
+                      "batch_size: 8\nwarmup_steps: 0\nmax_length: 24\nmodes: [full, semi_frozen]\n"
+                      "sweep: {cut_layer: [1, 3]}\n")
+    cmd = [sys.executable, str(ROOT / "TextClassificationScripts/run_experiment.py"), str(config), "--data-dir",
+           str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"), "--cache-root", str(tmp_path / "caches")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "results/text_classification/toy"
+    first, second = (json.loads((folder / f"cuts@cut_layer={k}.json").read_text()) for k in (1, 3))
+    assert sorted(first["runs"]) == ["full", "semi_frozen"] and sorted(second["runs"]) == ["semi_frozen"]
+    assert proc.stderr.count("built cache") == 2 and first["cache"]["path"] != second["cache"]["path"]
+    summary = json.loads((tmp_path / "results/sweeps/text_classification/toy/cuts.json").read_text())
+    assert summary["chosen"]["full"]["point"] == "cut_layer=1" and summary["seconds_by_mode"]["full"] == pytest.approx(
+        first["runs"]["full"][0]["seconds"])
