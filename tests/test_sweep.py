@@ -119,15 +119,22 @@ def test_the_choice_is_on_dev_only_and_the_grid_is_timed_with_its_cache_once(tmp
                for line in sweep.describe(summary))
 
 
-def test_a_sweep_end_to_end_shares_one_cache_resumes_and_is_chosen_on_dev(tmp_path):
+def _sweep_command(tmp_path, name: str, sweep_yaml: str):
+    """A tiny model, the toy data and an experiment file sweeping ``sweep_yaml``: the file and the
+    command running it."""
     model = save_tiny_bert(tmp_path / "model")
     write_toy_dataset(tmp_path / "data")
-    config = tmp_path / "grid.yaml"
+    config = tmp_path / f"{name}.yaml"
     config.write_text(f"base: {DEFAULTS}\ndataset: toy\nmodel: {model}\ncut_layer: 2\nmax_epochs: 1\n"
                       "batch_size: 8\nwarmup_steps: 0\nmax_length: 24\nmodes: [full, semi_frozen]\n"
-                      "sweep: {learning_rate: [1.0e-3, 1.0e-5], pooling: [cls, mean]}\n")
+                      f"sweep: {sweep_yaml}\n")
     cmd = [sys.executable, str(ROOT / "TextClassificationScripts/run_experiment.py"), str(config), "--data-dir",
            str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"), "--cache-root", str(tmp_path / "caches")]
+    return config, cmd
+
+
+def test_a_sweep_end_to_end_shares_one_cache_resumes_and_is_chosen_on_dev(tmp_path):
+    config, cmd = _sweep_command(tmp_path, "grid", "{learning_rate: [1.0e-3, 1.0e-5], pooling: [cls, mean]}")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = tmp_path / "results/text_classification/toy"
@@ -155,14 +162,7 @@ def test_a_sweep_end_to_end_shares_one_cache_resumes_and_is_chosen_on_dev(tmp_pa
 
 
 def test_a_cut_sweep_runs_full_once_and_builds_one_cache_per_cut(tmp_path):
-    model = save_tiny_bert(tmp_path / "model")
-    write_toy_dataset(tmp_path / "data")
-    config = tmp_path / "cuts.yaml"
-    config.write_text(f"base: {DEFAULTS}\ndataset: toy\nmodel: {model}\ncut_layer: 2\nmax_epochs: 1\n"
-                      "batch_size: 8\nwarmup_steps: 0\nmax_length: 24\nmodes: [full, semi_frozen]\n"
-                      "sweep: {cut_layer: [1, 3]}\n")
-    cmd = [sys.executable, str(ROOT / "TextClassificationScripts/run_experiment.py"), str(config), "--data-dir",
-           str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"), "--cache-root", str(tmp_path / "caches")]
+    _, cmd = _sweep_command(tmp_path, "cuts", "{cut_layer: [1, 3]}")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = tmp_path / "results/text_classification/toy"
