@@ -88,13 +88,18 @@ def run_device(result: dict, run: dict) -> str:
     return run.get("device", result["provenance"]["device"])
 
 
+def mean_seconds(runs: list[dict]) -> tuple[float, float]:
+    """Mean training-epoch seconds over every epoch of ``runs``, and mean inference seconds per run."""
+    return (mean_std([e["train_seconds"] for r in runs for e in r["history"]["epochs"]])[0],
+            mean_std([r["inference_seconds"] for r in runs])[0])
+
+
 def _mode_row(result: dict, mode: str, device: str, runs: list[dict]) -> dict:
     config = result["provenance"]["config"]
     metric = config["metric"]
     test_mean, test_std = mean_std([r["test"][metric] for r in runs])
     dev_mean, _ = mean_std([r["dev"][metric] for r in runs])
-    epoch_s = mean_std([e["train_seconds"] for r in runs for e in r["history"]["epochs"]])[0]
-    infer_s = mean_std([r["inference_seconds"] for r in runs])[0]
+    epoch_s, infer_s = mean_seconds(runs)
     row = {
         "task": config["task"], "dataset": config["dataset"], "model": config["model"],
         "cut_layer": config["cut_layer"], "mode": mode, "n_seeds": len(runs), "metric": metric,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from recycling.config import BASELINE_OF, CACHED_MODES, IGNORED_BY, ExperimentConfig, from_dict
 from recycling.metrics import mean_std
-from recycling.results import environment, portable_path, read_result
+from recycling.results import environment, mean_seconds, portable_path, read_result
 
 logger = logging.getLogger("recycling.sweep")
 
@@ -101,10 +101,9 @@ def summarize(experiment: str, sweep: dict, grid: list[Point], files: list[Path]
             test = mean_std([r["test"][metric] for r in runs])
             total = sum(_run_seconds(r) for r in runs)
             seconds[mode] = seconds.get(mode, 0.0) + total
+            epoch_s, infer_s = mean_seconds(runs)
             modes[mode] = {"n_seeds": len(runs), "dev_mean": dev[0], "dev_std": dev[1], "test_mean": test[0],
-                           "test_std": test[1], "seconds": total,
-                           "train_epoch_s": mean_std([e["train_seconds"] for r in runs for e in r["history"]["epochs"]])[0],
-                           "infer_s": mean_std([r["inference_seconds"] for r in runs])[0]}
+                           "test_std": test[1], "seconds": total, "train_epoch_s": epoch_s, "infer_s": infer_s}
         rows.append({"point": point.name, "values": point.values, "file": portable_path(str(path)), "modes": modes})
     chosen = {}
     for mode in sorted({m for row in rows for m in row["modes"]}):
