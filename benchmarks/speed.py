@@ -32,7 +32,7 @@ from recycling import encoders, hostmem
 from recycling.batches import FeatureDataset, make_loader, prefetch, to_device
 from recycling.config import MODES, ExperimentConfig
 from recycling.heads import SequenceClassificationHead
-from recycling.models import TaskModel, add_adapters, build_model
+from recycling.models import TaskModel, UpperSettings, add_adapters, build_model
 from recycling.trainer import TrainSettings, autocast, evaluate, synchronize, train
 
 from benchmarks.suites import CONFIGS, EpochSpec, ModelSpec, Suite
@@ -92,7 +92,7 @@ def make_model(setting: str, base: nn.Module, cut: int, make_head: Callable[[], 
         model = TaskModel(encoder, make_head(), cached=False, frozen=encoders.below_cut(encoder, 0))
     else:
         mode = {"infer_text": "full", "infer_cache": "semi_frozen"}.get(setting, setting)
-        model = build_model(mode, base, cut, make_head, adapter_size, seed=0)
+        model = build_model(mode, base, cut, make_head, UpperSettings(adapter_size=adapter_size), seed=0)
     return model.to(device)
 
 

@@ -22,12 +22,16 @@ from recycling.files import check_plain_name, read_bytes
 
 from recycling.tasks import METRICS
 
-MODES = ("full", "semi_frozen", "adapters", "adapters_full")
-CACHED_MODES = ("semi_frozen", "adapters")
-BASELINE_OF = {"semi_frozen": "full", "adapters": "adapters_full"}
+MODES = ("full", "semi_frozen", "adapters", "adapters_full", "lora", "lora_full")
+DEFAULT_MODES = MODES[:4]  # the paper's; the LoRA modes are opt-in
+CACHED_MODES = ("semi_frozen", "adapters", "lora")
+BASELINE_OF = {"semi_frozen": "full", "adapters": "adapters_full", "lora": "lora_full"}
 # Settings a mode never reads: a sweep over them runs that mode once, not again at every point.
-IGNORED_BY = {"full": ("cut_layer", "cache_dtype", "adapter_size"), "semi_frozen": ("adapter_size",),
-              "adapters": (), "adapters_full": ("cache_dtype",)}
+_LORA_KEYS = ("lora_rank", "lora_alpha")
+IGNORED_BY = {"full": ("cut_layer", "cache_dtype", "adapter_size", *_LORA_KEYS),
+              "semi_frozen": ("adapter_size", *_LORA_KEYS), "adapters": _LORA_KEYS,
+              "adapters_full": ("cache_dtype", *_LORA_KEYS), "lora": ("adapter_size",),
+              "lora_full": ("cache_dtype", "adapter_size")}
 POOLINGS = ("cls", "mean")
 WINDOWED_TASKS = ("ner", "qa")  # tasks that split long texts into windows (window_stride applies)
 SELECT_ON = ("dev_loss", "dev_metric")
@@ -46,7 +50,7 @@ class ExperimentConfig:
     model: str  # hub id, local folder or offline:<name>
     cut_layer: int  # layers 0..cut_layer-1 are frozen and cached
     task: str = "text_classification"
-    modes: list[str] = field(default_factory=lambda: list(MODES))
+    modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
     seeds: list[int] = field(default_factory=lambda: [0])
     metric: str = "micro_f1"  # the one the summary table reports (and dev_metric selection uses)
     max_length: int = 512  # tokens per feature, special tokens included
@@ -82,6 +86,10 @@ class ExperimentConfig:
     patience: int = 3  # epochs without a better dev score before stopping
     select_on: str = "dev_loss"  # dev_loss | dev_metric: which dev score picks the epoch kept
     adapter_size: int = 64  # bottleneck width b
+    # LoRA (modes lora, lora_full): rank r and scale alpha of the updates of each upper layer's query
+    # and value projections (recycling.models.LORA_TARGETS); the update is (alpha / r) * B A.
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
     head_dropout: float = 0.1
     pooling: typing.Optional[str] = None  # cls | mean (sequence heads); default cls, mean for T5
     device: typing.Optional[str] = None  # default: cuda if available, else cpu
@@ -126,6 +134,8 @@ class ExperimentConfig:
                 raise bad("learning_rate", f"must be a positive number for every mode, got {rate} for {mode}")
         if not (math.isfinite(self.head_dropout) and 0 <= self.head_dropout < 1):
             raise bad("head_dropout", f"must be in [0, 1), got {self.head_dropout}")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise bad("lora_alpha", f"must be a positive number, got {self.lora_alpha}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise bad("weight_decay", f"must be at least 0, got {self.weight_decay}")
         if self.warmup_steps < 0:
@@ -165,7 +175,7 @@ class ExperimentConfig:
         if isinstance(self.max_examples, dict) and set(self.max_examples) - {"train", "dev", "test"}:
             raise bad("max_examples", f"takes the splits train, dev, test, got {sorted(self.max_examples)}")
         for key in ("max_length", "batch_size", "eval_batch_size", "grad_accum_steps", "max_epochs",
-                    "patience", "adapter_size", "cache_batch_size", "cut_layer"):
+                    "patience", "adapter_size", "lora_rank", "cache_batch_size", "cut_layer"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be at least 1, got {getattr(self, key)}")
         if not (math.isfinite(self.dev_fraction) and 0 < self.dev_fraction < 1):
@@ -287,9 +297,9 @@ def _checked(key: str, value, source: str):
 
 # Keys a sweep may vary: none of them changes the data or its tokenization, so one tokenized copy
 # serves every point (a cut layer or cache dtype gets its own cache).
-SWEEPABLE = ("learning_rate", "adapter_size", "cut_layer", "pooling", "warmup_ratio", "warmup_steps", "select_on",
-             "max_epochs", "patience", "weight_decay", "head_dropout", "batch_size", "grad_accum_steps",
-             "cache_dtype", "length_group_batches")
+SWEEPABLE = ("learning_rate", "adapter_size", "lora_rank", "lora_alpha", "cut_layer", "pooling", "warmup_ratio",
+             "warmup_steps", "select_on", "max_epochs", "patience", "weight_decay", "head_dropout", "batch_size",
+             "grad_accum_steps", "cache_dtype", "length_group_batches")
 
 
 def _checked_sweep(sweep: dict, source: str) -> dict[str, list]:

@@ -5,11 +5,14 @@
 - ``adapters``: layers >= k frozen with bottleneck adapters, trained from the cache.
 - ``adapters_full``: the same adapters and head, lower layers recomputed from text every step
   (baseline: only the cache differs).
+- ``lora``: layers >= k frozen with LoRA updates of their attention's query and value projections
+  (peft), trained from the cache; ``lora_full`` is its baseline from text, as for adapters.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from typing import Callable
 
@@ -17,7 +20,7 @@ import torch
 from torch import nn
 
 from recycling import encoders
-from recycling.config import CACHED_MODES, MODES
+from recycling.config import CACHED_MODES, MODES, ExperimentConfig
 from recycling.errors import UserError
 
 ADAPTER_NAME = "recycling"
@@ -125,11 +128,63 @@ def _interface(model: nn.Module):
     )
 
 
+# The projections LoRA updates in each layer: attention's query and value, or the fused projection
+# that computes them (DeBERTa's in_proj, ModernBERT's Wqkv). peft's own table lacks DistilBERT,
+# MPNet and ModernBERT.
+LORA_TARGETS = {"distilbert": ("q_lin", "v_lin"), "mpnet": ("q", "v"), "deberta": ("in_proj",),
+                "deberta-v2": ("query_proj", "value_proj"), "modernbert": ("Wqkv",), "t5": ("q", "v"),
+                "mt5": ("q", "v")}
+QUERY_VALUE = ("query", "value")  # every other supported family (BERT's attention layout)
+
+
+def lora_modules(model: nn.Module, cut_layer: int) -> list[str]:
+    """Full names of the linear layers LoRA updates: the targets of layers >= ``cut_layer`` only."""
+    targets = LORA_TARGETS.get(model.config.model_type, QUERY_VALUE)
+    path = encoders.architecture(model).layers
+    names = [f"{path}.{i}.{name}" for i, layer in enumerate(encoders.layers(model)) if i >= cut_layer
+             for name, module in layer.named_modules()
+             if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets]
+    if not names:
+        raise UserError(f"no {' or '.join(targets)} projection found in the layers of architecture "
+                        f"'{model.config.model_type}' for the LoRA modes")
+    return names
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float, cut_layer: int) -> None:
+    """Add trainable LoRA updates (peft) to the query and value projections of layers >= cut_layer
+    and freeze every weight of ``model``. B starts at zero, so the model starts as the pretrained one."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_modules(model, cut_layer))
+    model.requires_grad_(False)
+    inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
+    for name, param in model.named_parameters():
+        param.requires_grad_(".lora_A." in name or ".lora_B." in name)
+
+
+_DEFAULT = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
+
+
+@dataclasses.dataclass(frozen=True)
+class UpperSettings:
+    """What the upper part's trainable extras read: the adapters' width, LoRA's rank and scale
+    (defaults: the config's)."""
+
+    adapter_size: int = _DEFAULT["adapter_size"]
+    lora_rank: int = _DEFAULT["lora_rank"]
+    lora_alpha: float = _DEFAULT["lora_alpha"]
+
+    @classmethod
+    def of(cls, config) -> "UpperSettings":
+        return cls(config.adapter_size, config.lora_rank, config.lora_alpha)
+
+
 def build_model(mode: str, base: nn.Module, cut_layer: int, make_head: Callable[[], nn.Module],
-                adapter_size: int, seed: int) -> TaskModel:
+                upper: UpperSettings, seed: int) -> TaskModel:
     """A fresh model for ``mode`` from a copy of the pretrained ``base`` (left unchanged).
 
-    ``make_head`` is called after seeding, so head and adapter initialisation depend on ``seed`` only.
+    ``make_head`` is called after seeding, so head, adapter and LoRA initialisation depend on
+    ``seed`` only.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode}")
@@ -138,8 +193,10 @@ def build_model(mode: str, base: nn.Module, cut_layer: int, make_head: Callable[
     encoders.check_cut(encoder, cut_layer)
     encoders.drop_pooler(encoder)
     if mode in ("adapters", "adapters_full"):
-        add_adapters(encoder, adapter_size, cut_layer)
-    frozen = encoders.below_cut(encoder, cut_layer) if mode == "adapters_full" else []
+        add_adapters(encoder, upper.adapter_size, cut_layer)
+    if mode in ("lora", "lora_full"):
+        add_lora(encoder, upper.lora_rank, upper.lora_alpha, cut_layer)
+    frozen = encoders.below_cut(encoder, cut_layer) if mode in ("adapters_full", "lora_full") else []
     if mode in CACHED_MODES:
         encoder = encoders.upper_part(encoder, cut_layer)
     return TaskModel(encoder, make_head(), cached=mode in CACHED_MODES, frozen=frozen)

@@ -25,7 +25,7 @@ from recycling.tasks import REGISTRY
 ROOT = Path(__file__).resolve().parents[1]
 LOCKS = ".locks"  # lock files of experiments and of the summary, under the results folder
 logger = logging.getLogger(__name__)
-PACKAGES = ("torch", "transformers", "adapters", "numpy", "scikit-learn", "seqeval", "embedding-recycling")
+PACKAGES = ("torch", "transformers", "adapters", "peft", "numpy", "scikit-learn", "seqeval", "embedding-recycling")
 SUMMARY_COLUMNS = ("task", "dataset", "model", "cut_layer", "mode", "n_seeds", "metric", "test_mean",
                    "test_std", "dev_mean", "train_epoch_s", "train_speedup", "infer_s", "infer_speedup",
                    "cache_build_s", "cache_bytes", "device", "experiment")

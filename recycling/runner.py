@@ -23,12 +23,12 @@ from cache_builder import CacheInput, task_cache
 from cache_builder.build import inputs_sha256
 from recycling import encoders, hostmem, saved, sweep
 from recycling.batches import FeatureDataset, make_loader
-from recycling.config import (CACHED_MODES, LEGACY_DEFAULTS, NOT_COMPUTATION, ExperimentConfig, check_against_model,
-                              load_config)
+from recycling.config import (CACHED_MODES, IGNORED_BY, LEGACY_DEFAULTS, NOT_COMPUTATION, ExperimentConfig,
+                              check_against_model, load_config)
 from recycling.encoders import load_encoder
 from recycling.errors import UserError, exit_code
 from recycling.files import inside, locked, writable_dir, write_json
-from recycling.models import build_model, trainable_parameters
+from recycling.models import UpperSettings, build_model, trainable_parameters
 from recycling.results import LOCKS, device_name, git_sha, provenance, read_result, rebuild_summary
 from recycling.tasks import Features, Task, get_task
 from recycling.trainer import Checkpoint, Evaluation, TrainSettings, evaluate, train
@@ -105,7 +105,7 @@ def train_model(mode: str, seed: int, config: ExperimentConfig, task: Task, data
     """A fresh model for ``mode`` trained on ``splits["train"]`` (datasets for this mode), the epoch
     kept chosen on ``splits["dev"]``; returns ``(model, history)``."""
     model = build_model(mode, base, config.cut_layer, lambda: task.head(data, base, config),
-                        config.adapter_size, seed).to(device)
+                        UpperSettings.of(config), seed).to(device)
     if config.compile:
         model.compile(dynamic=True)  # in place: parameter names, and so saved models, are unchanged
     settings = TrainSettings(config.learning_rate[mode], config.max_epochs, config.patience, config.warmup_steps,
@@ -165,13 +165,23 @@ def run_one(mode: str, seed: int, config: ExperimentConfig, task: Task, data, ba
     }
 
 
-def computation_differs(old: dict, new: dict) -> list[str]:
-    """Keys whose values change what a run computes; keys an old file lacks mean their default
-    (or, for a key whose default changed, the value the code used before the key existed)."""
+def computation_differs(old: dict, new: dict, modes) -> list[str]:
+    """Keys whose values change what the earlier runs of ``modes`` computed; keys an old file lacks
+    mean their default (or, for a key whose default changed, the value the code used before the
+    key existed). A key no mode of ``modes`` reads (``IGNORED_BY``), or the rate of another mode,
+    does not count: adding ``lora`` runs does not invalidate ``full`` runs."""
     defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)
                 if f.default is not dataclasses.MISSING} | LEGACY_DEFAULTS
-    return sorted(k for k, v in new.items()
-                  if k not in NOT_COMPUTATION and old.get(k, defaults.get(k)) != v)
+    differ = []
+    for key, value in new.items():
+        if key in NOT_COMPUTATION or all(key in IGNORED_BY[m] for m in modes):
+            continue
+        before = old.get(key, defaults.get(key))
+        if key == "learning_rate":
+            before, value = ({m: rates.get(m) for m in modes} for rates in (before or {}, value))
+        if before != value:
+            differ.append(key)
+    return sorted(differ)
 
 
 def previous_result(out_path: Path, config: dict, inputs: dict) -> dict | None:
@@ -191,7 +201,8 @@ def previous_result(out_path: Path, config: dict, inputs: dict) -> dict | None:
         logger.warning("%s; moved to %s; starting a new file", err, aside.name)
         return None
     recorded = old["provenance"].get("inputs", inputs)
-    differ = computation_differs(old["provenance"]["config"], config) + sorted(
+    modes = [mode for mode, runs in old["runs"].items() if runs]
+    differ = computation_differs(old["provenance"]["config"], config, modes) + sorted(
         k for k in inputs if recorded.get(k) != inputs[k])
     if differ:
         aside = out_path.with_name(f"{out_path.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")

@@ -19,7 +19,7 @@ from safetensors.torch import load_model, save_model
 from recycling.config import CACHED_MODES, MODES, ExperimentConfig, from_dict
 from recycling.errors import UserError
 from recycling.files import atomic_path, write_json
-from recycling.models import TaskModel, build_model
+from recycling.models import TaskModel, UpperSettings, build_model
 
 WEIGHTS, INFO = "model.safetensors", "model.json"
 INFO_SHA256 = "model_json_sha256"  # safetensors metadata key
@@ -82,7 +82,7 @@ def load(folder: str | Path, info: dict, config: ExperimentConfig, base, task, d
     """The saved model (``info, config = read_info(folder)``), rebuilt on ``base``, the pretrained
     encoder named in its config."""
     model = build_model(info["mode"], base, config.cut_layer, lambda: task.head(data, base, config),
-                        config.adapter_size, seed=0)
+                        UpperSettings.of(config), seed=0)
     try:
         load_model(model, str(Path(folder) / WEIGHTS), strict=True)
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:  # a damaged file; other shapes or names

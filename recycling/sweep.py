@@ -9,7 +9,8 @@ sweep over ``cut_layer``: see ``IGNORED_BY``); a point that would rerun only suc
 The sweep's file (``<results>/sweeps/<task>/<dataset>/<experiment>.json``) then picks,
 for each mode, the point with the best mean dev score (test scores play no part) and reports its
 test score, and the grid's total time: the cached modes with their cache builds against their
-baselines reading text.
+baselines reading text, where both ran at the same points (a baseline that ran once, as ``full`` in a
+cut sweep, is each point's reference, not a grid of its own).
 """
 
 from __future__ import annotations
@@ -86,9 +87,9 @@ def _run_seconds(run: dict) -> float:
 def summarize(experiment: str, sweep: dict, grid: list[Point], files: list[Path], device) -> dict:
     """Per point and mode: dev and test mean and std over seeds, and seconds; per mode the point
     chosen on dev; and the grid's total time with the cache (cache builds counted once per cache)
-    and without it (the baseline modes)."""
+    and without it (the baseline modes), where the two ran at the same points."""
     metric = grid[0].config.metric
-    rows, builds, seconds = [], {}, {}
+    rows, builds, seconds, ran_at = [], {}, {}, {}
     for point, path in zip(grid, files):
         result = read_result(path)
         if result.get("cache"):
@@ -101,6 +102,7 @@ def summarize(experiment: str, sweep: dict, grid: list[Point], files: list[Path]
             test = mean_std([r["test"][metric] for r in runs])
             total = sum(_run_seconds(r) for r in runs)
             seconds[mode] = seconds.get(mode, 0.0) + total
+            ran_at.setdefault(mode, []).append(point.name)
             epoch_s, infer_s = mean_seconds(runs)
             modes[mode] = {"n_seeds": len(runs), "dev_mean": dev[0], "dev_std": dev[1], "test_mean": test[0],
                            "test_std": test[1], "seconds": total, "train_epoch_s": epoch_s, "infer_s": infer_s}
@@ -114,7 +116,7 @@ def summarize(experiment: str, sweep: dict, grid: list[Point], files: list[Path]
     grid_time = []
     for mode in CACHED_MODES:
         baseline = BASELINE_OF[mode]
-        if mode in seconds and baseline in seconds:
+        if mode in seconds and baseline in seconds and ran_at[mode] == ran_at[baseline]:
             with_cache = seconds[mode] + build_s
             grid_time.append({"recycled": mode, "baseline": baseline, "recycled_s": with_cache,
                               "baseline_s": seconds[baseline], "speedup": seconds[baseline] / with_cache})

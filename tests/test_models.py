@@ -12,7 +12,7 @@ from tests.tiny_models import random_batch, tiny_model
 def classifier(mode, base, cut, num_labels, adapter_size, dropout, seed, pooling="cls"):
     def head():
         return SequenceClassificationHead(encoders.hidden_size(base), num_labels, dropout, pooling)
-    return models.build_model(mode, base, cut, head, adapter_size, seed)
+    return models.build_model(mode, base, cut, head, models.UpperSettings(adapter_size=adapter_size), seed)
 
 ARCHS = ["bert", "roberta", "distilbert", "electra", "mpnet", "deberta-v2", "t5"]
 
@@ -195,7 +195,8 @@ def test_compiled_model_computes_the_same_loss_and_keeps_its_parameter_names():
     batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 0])}
 
     def make():
-        return models.build_model("full", base, 2, lambda: SequenceClassificationHead(32, 2, 0.0), 8, seed=0).eval()
+        return models.build_model("full", base, 2, lambda: SequenceClassificationHead(32, 2, 0.0),
+                                   models.UpperSettings(adapter_size=8), seed=0).eval()
 
     eager, compiled = make(), make()
     names = list(compiled.state_dict())
@@ -278,3 +279,82 @@ def test_new_families_semi_frozen_trains_only_above_the_cut(model_type):
     for name in trainable:  # besides the upper layers, only tables of relative positions shared by all layers
         assert name.startswith("head.") or any(part in name for part in allowed), name
     assert len(encoders.layers(model.encoder)) == 2
+
+
+# LoRA (peft) above the cut: every family the encoders support, including those peft's own table lacks.
+LORA_ARCHS = ["bert", "distilbert", "mpnet", "deberta", "deberta-v2", "modernbert", "t5", "roformer"]
+
+
+def _lora(mode, base, rank=4, alpha=8.0, dropout=0.0, seed=1):
+    def head():
+        return SequenceClassificationHead(encoders.hidden_size(base), 3, dropout, "cls")
+    return models.build_model(mode, base, 2, head, models.UpperSettings(lora_rank=rank, lora_alpha=alpha), seed)
+
+
+@pytest.mark.parametrize("model_type", LORA_ARCHS)
+def test_lora_trains_only_its_updates_of_the_upper_layers_and_the_head(model_type):
+    base = tiny_model(model_type)
+    model = _lora("lora_full", base)
+    names = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    assert {_layer_index(n) for n in names} == {2, 3}
+    assert all(".lora_A." in n or ".lora_B." in n for n in names)
+    fused = model_type in ("deberta", "modernbert")  # one projection computes query, key and value
+    assert len(names) == 2 * (1 if fused else 2) * 2  # 2 upper layers x targets x (A, B)
+    assert all(p.shape[0] == 4 for n, p in model.named_parameters() if ".lora_A." in n)  # the rank
+    cached = _lora("lora", base)
+    assert len(encoders.layers(cached.encoder)) == 2
+    assert sorted(n for n, p in cached.named_parameters() if p.requires_grad and not n.startswith("head.")) == \
+        sorted(n.replace(f".{_layer_index(n)}.", f".{_layer_index(n) - 2}.", 1) for n in names)
+
+
+@pytest.mark.parametrize("model_type", LORA_ARCHS)
+def test_cached_lora_matches_lora_on_the_whole_model_and_starts_as_the_pretrained_encoder(model_type):
+    from tests.tiny_models import perturb_norms
+
+    base = perturb_norms(tiny_model(model_type)) if model_type in NEW_ADAPTER_ARCHS else tiny_model(model_type)
+    ids, mask = random_batch()
+    full, cached = _lora("lora_full", base).eval(), _lora("lora", base).eval()
+    keep = mask.bool()
+    with torch.no_grad():
+        out = full.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        ref = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert (out[keep] - ref[keep]).abs().max().item() <= 1e-5  # B = 0 at the start
+        for model in (full, cached):  # non-trivial updates, identical in both models
+            torch.manual_seed(7)
+            for p in models.trainable_parameters(model):
+                p.normal_(std=0.2)
+        a = full({"input_ids": ids, "attention_mask": mask})
+        b = cached({"hidden": encoders.run_lower(encoders.lower_part(base, 2), ids, mask), "attention_mask": mask})
+        changed = full.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (a - b).abs().max().item() <= 1e-5
+    assert (changed[keep] - ref[keep]).abs().max().item() > 1e-3
+
+
+def test_lora_alpha_scales_the_update():
+    base = tiny_model("bert")
+    ids, mask = random_batch()
+    outs = []
+    for alpha in (4.0, 8.0):
+        model = _lora("lora_full", base, rank=4, alpha=alpha).eval()
+        torch.manual_seed(7)
+        with torch.no_grad():
+            for p in models.trainable_parameters(model):
+                p.normal_(std=0.2)
+            layer = encoders.layers(model.encoder)[3].attention.self.query
+            x = torch.randn(2, 32)
+            outs.append(layer(x) - layer.base_layer(x))
+    assert torch.allclose(outs[1], 2 * outs[0], atol=1e-5)  # (alpha / r) B A x
+
+
+@pytest.mark.parametrize("model_type", ["bert", "t5"])
+def test_lora_full_trains_exactly_like_cached_lora_with_dropout_on(model_type):
+    base = tiny_model(model_type)
+    ids, mask = random_batch()
+    full, cached = _lora("lora_full", base, dropout=0.1).train(), _lora("lora", base, dropout=0.1).train()
+    hidden = encoders.run_lower(encoders.lower_part(base, 2), ids, mask)
+    torch.manual_seed(11)
+    a = full({"input_ids": ids, "attention_mask": mask})
+    torch.manual_seed(11)
+    b = cached({"hidden": hidden, "attention_mask": mask})
+    assert (a - b).abs().max().item() <= 1e-5
+    assert all(not m.training for m in full.frozen) and full.encoder.training

@@ -29,7 +29,8 @@ def train_and_save(tmp_path, task, modes="[semi_frozen, full]"):
     config.write_text(
         f"base: {ROOT / 'HyperparameterSelection' / task / 'defaults.yaml'}\n"
         f"model: {model}\ncut_layer: 2\nmax_epochs: 1\nbatch_size: 8\nwarmup_steps: 0\n{max_length}{extra}"
-        f"dataset: toy\nmodes: {modes}\nlearning_rate: {{full: 1.0e-3, semi_frozen: 1.0e-3, adapters: 1.0e-3}}\n")
+        f"dataset: toy\nmodes: {modes}\nlora_rank: 4\n"
+        "learning_rate: {full: 1.0e-3, semi_frozen: 1.0e-3, adapters: 1.0e-3, lora: 1.0e-2, lora_full: 1.0e-2}\n")
     args = runner.parse_args("test", [str(config), "--data-dir", str(tmp_path / "data"), "--results-dir",
                                       str(tmp_path / "results"), "--cache-root", str(tmp_path / "caches"),
                                       "--checkpoint-dir", str(tmp_path / "ckpt"), "--save-models",
@@ -54,6 +55,27 @@ def test_a_saved_model_predicts_a_file_as_it_scored_in_training(tmp_path, monkey
         assert scores == pytest.approx(expected, abs=1e-9), mode
     # the semi_frozen prediction reused the cache the experiment built for the test split
     assert len(list((tmp_path / "caches").rglob("manifest.json"))) == 2  # the experiment's, the file's
+
+
+def test_lora_from_the_cache_and_its_text_baseline_train_save_and_predict(tmp_path, monkeypatch):
+    import csv
+
+    monkeypatch.chdir(tmp_path)
+    result, models = train_and_save(tmp_path, "text_classification", "[lora, lora_full]")
+    runs = {mode: result["runs"][mode][0] for mode in ("lora", "lora_full")}
+    # the same trainable parameters: query and value updates of layers 2 and 3 (rank 4, width 32), and the head
+    assert runs["lora"]["trainable_parameters"] == runs["lora_full"]["trainable_parameters"] == \
+        2 * 2 * (4 * 32 + 32 * 4) + (32 * 32 + 32) + (32 * 2 + 2)
+    # the cache changes only where layer 2's input comes from (rounded to float16): the same training
+    for key in ("train_loss", "dev_loss"):
+        assert runs["lora"]["history"]["epochs"][0][key] == pytest.approx(
+            runs["lora_full"]["history"]["epochs"][0][key], rel=1e-3)
+    test_file = tmp_path / "data" / "text_classification" / "toy" / "test.txt"
+    for mode, run in runs.items():
+        scores = run_predict(tmp_path, models / f"{mode}-seed0", test_file, tmp_path / f"{mode}.out")
+        assert scores == pytest.approx({k: v for k, v in run["test"].items() if k != "loss"}, abs=1e-9), mode
+    rows = {r["mode"]: r for r in csv.DictReader(open(tmp_path / "results" / "summary.csv"))}
+    assert rows["lora"]["train_speedup"] and rows["lora"]["cache_bytes"] and not rows["lora_full"]["cache_bytes"]
 
 
 def test_an_unlabelled_file_gets_the_same_predictions(tmp_path, monkeypatch):

@@ -217,5 +217,18 @@ def test_a_file_without_a_key_whose_default_changed_counts_its_old_value():
     from recycling.runner import computation_differs
 
     old = {"dataset": "toy"}  # written before length_group_batches existed: transformers' grouping
-    assert computation_differs(old, {"dataset": "toy", "length_group_batches": None}) == []
-    assert computation_differs(old, {"dataset": "toy", "length_group_batches": 50}) == ["length_group_batches"]
+    assert computation_differs(old, {"dataset": "toy", "length_group_batches": None}, ["full"]) == []
+    assert computation_differs(old, {"dataset": "toy", "length_group_batches": 50}, ["full"]) == \
+        ["length_group_batches"]
+
+
+def test_only_settings_the_earlier_runs_read_make_a_result_file_differ():
+    from recycling.runner import computation_differs
+
+    old = {"cut_layer": 3, "adapter_size": 64, "learning_rate": {"full": 1e-4, "semi_frozen": 1e-4}}
+    new = {"cut_layer": 4, "adapter_size": 256, "lora_rank": 4,
+           "learning_rate": {"full": 1e-4, "semi_frozen": 5e-4, "lora": 1e-3}}
+    assert computation_differs(old, new, ["full"]) == []  # full reads none of what changed
+    assert computation_differs(old, new, ["full", "semi_frozen"]) == ["cut_layer", "learning_rate"]
+    assert computation_differs(old, new, ["adapters"]) == ["adapter_size", "cut_layer"]  # no rate either side
+    assert computation_differs(old, new, ["lora", "lora_full"]) == ["cut_layer", "learning_rate", "lora_rank"]

@@ -172,3 +172,5 @@ def test_a_cut_sweep_runs_full_once_and_builds_one_cache_per_cut(tmp_path):
     summary = json.loads((tmp_path / "results/sweeps/text_classification/toy/cuts.json").read_text())
     assert summary["chosen"]["full"]["point"] == "cut_layer=1" and summary["seconds_by_mode"]["full"] == pytest.approx(
         first["runs"]["full"][0]["seconds"])
+    # One full run against a semi_frozen run per cut is no grid-time comparison: none is reported.
+    assert summary["grid_time"] == [] and "grid time" not in proc.stderr
