@@ -17,12 +17,15 @@ import torch
 from tqdm.auto import tqdm
 
 import recycling
+from safetensors.torch import save_file
+
+from cache_builder import codecs
 from cache_builder.store import (ARRAYS, DTYPES, FORMAT_VERSION, MANIFEST, NO_ROOM, SPLIT_RECORD, ActivationCache,
-                                 SplitWriter, file_records, human_size)
+                                 SplitWriter, file_records, fsync_file, human_size)
 from recycling import encoders
 from recycling.batches import pad_ids
 from recycling.errors import UserError
-from recycling.files import fsync_dir, inside, locked, write_json
+from recycling.files import file_sha256, fsync_dir, inside, locked, write_json
 from recycling.results import device_name
 from recycling.tasks import Features
 
@@ -46,14 +49,35 @@ def inputs_sha256(split: CacheInput) -> str:
     return digest.hexdigest()
 
 
+def codec_spec(name: str | None, dim: int | None, given: codecs.Codec | None = None) -> dict | None:
+    """What a compressed cache's codes depend on: the codec, its size, and how it was fitted (on a
+    seeded sample of the training split) or, for a codec given ready (a saved model's), its tensors."""
+    if name is None:
+        return None
+    if name not in codecs.CODECS:
+        raise UserError(f"codec must be one of {', '.join(codecs.CODECS)}, got '{name}'")
+    spec = {"name": name, "dim": dim if name in codecs.DIM_CODECS else None}
+    if given is not None:
+        return spec | {"params_sha256": tensors_sha256(given.tensors())}
+    return spec | {"fit": {"split": "train", "tokens": codecs.FIT_TOKENS, "seed": codecs.FIT_SEED}}
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        digest.update(key.encode() + b"|" + tensors[key].float().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def fingerprint(model_name: str, lower: torch.nn.Module, cut_layer: int, dtype: str,
-                splits: dict[str, CacheInput]) -> dict:
+                splits: dict[str, CacheInput], codec: dict | None = None) -> dict:
     """Everything the cached activations depend on, and nothing else.
 
     The token ids fed to the lower part stand for the data files, the tokenizer, the text field,
     the maximum length and the windowing together: change any of them and the ids change.
+    ``codec`` is :func:`codec_spec`'s record (a plain cache has none, as before codecs existed).
     """
-    return {
+    return ({} if codec is None else {"codec": codec}) | {
         "format": FORMAT_VERSION,
         "model": model_name,
         "lower_weights_sha256": encoders.fingerprint_weights(lower),
@@ -89,12 +113,18 @@ def _refuse(path: Path, old: dict, new: dict, fields: list[str]) -> UserError:
 
 
 def default_cache_dir(cache_root: str | Path, task: str, dataset: str, model_name: str, cut_layer: int,
-                      dtype: str, splits: dict[str, CacheInput]) -> Path:
-    """``<root>/<task>/<dataset>/<model>-k<cut>-<dtype>-<hash of the inputs>``: other inputs (another
-    text field, max length or window stride) get their own folder instead of a refusal."""
+                      dtype: str, splits: dict[str, CacheInput], codec: dict | None = None) -> Path:
+    """``<root>/<task>/<dataset>/<model>-k<cut>-<dtype>[-<codec>]-<hash of the inputs>``: other inputs
+    (another text field, max length or window stride) or another codec get their own folder
+    instead of a refusal."""
     slug = model_name.replace("/", "__").replace(":", "_")
     digest = hashlib.sha256(json.dumps({n: inputs_sha256(s) for n, s in sorted(splits.items())}).encode())
-    return Path(cache_root) / task / dataset / f"{slug}-k{cut_layer}-{dtype}-{digest.hexdigest()[:12]}"
+    tag = ""
+    if codec is not None:
+        tag = f"-{codec['name']}{codec['dim'] or ''}"
+        if "params_sha256" in codec:
+            tag += f"-p{codec['params_sha256'][:8]}"
+    return Path(cache_root) / task / dataset / f"{slug}-k{cut_layer}-{dtype}{tag}-{digest.hexdigest()[:12]}"
 
 
 def _reuse(cache_dir: Path, fp: dict) -> ActivationCache:
@@ -120,11 +150,14 @@ def _read_json_object(path: Path) -> dict | None:
 
 def build_cache(cache_dir: str | Path, model_name: str, model, cut_layer: int, splits: dict[str, CacheInput],
                 pad_id: int = 0, dtype: str = "float16", batch_size: int = 64, device: str | None = None,
-                extra: dict | None = None) -> ActivationCache:
+                extra: dict | None = None, codec: str | None = None, codec_dim: int | None = None,
+                codec_given: codecs.Codec | None = None) -> ActivationCache:
     """Return the cache for these inputs at ``cache_dir``, building it only if it is missing.
 
     ``model`` comes from ``recycling.encoders.load_encoder(model_name)`` and is not modified;
     ``pad_id`` is the tokenizer's padding id. ``extra`` is recorded in the manifest, not compared.
+    ``codec`` (with ``codec_dim`` for pca and autoencoder) stores compressed rows: the codec is
+    fitted on a sample of the ``train`` split, or is ``codec_given`` (a saved model's) as it is.
     One process builds a given cache at a time (a lock file ``<cache_dir>.lock`` beside it, removed
     once the cache is complete); another waits, then reuses what the first built.
     """
@@ -132,7 +165,10 @@ def build_cache(cache_dir: str | Path, model_name: str, model, cut_layer: int, s
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
     cache_dir = Path(cache_dir)
     lower = encoders.lower_part(model, cut_layer)
-    fp = fingerprint(model_name, lower, cut_layer, dtype, splits)
+    spec = codec_spec(codec, codec_dim, codec_given)
+    if spec is not None and codec_given is None and "train" not in splits:
+        raise UserError(f"codec {codec} is fitted on the train split, and these inputs have none")
+    fp = fingerprint(model_name, lower, cut_layer, dtype, splits, spec)
 
     # Reusing a complete cache needs no lock (it is never modified), nor a writable parent folder.
     if (cache_dir / MANIFEST).is_file():
@@ -144,7 +180,7 @@ def build_cache(cache_dir: str | Path, model_name: str, model, cut_layer: int, s
             cache = _reuse(cache_dir, fp)
         else:
             cache = _build_or_explain(cache_dir, model_name, lower, cut_layer, splits, fp, pad_id, dtype,
-                                      batch_size, device, extra)
+                                      batch_size, device, extra, codec_given)
         # The cache is complete, so whoever still waits on this file will find the manifest and
         # only reuse it: the file can go. A failed or killed build leaves it for the next one.
         lock.unlink(missing_ok=True)
@@ -166,7 +202,8 @@ def _build_or_explain(cache_dir: Path, *args) -> ActivationCache:
 
 
 def _build_locked(cache_dir: Path, model_name: str, lower, cut_layer: int, splits: dict[str, CacheInput], fp: dict,
-                  pad_id: int, dtype: str, batch_size: int, device: str | None, extra: dict | None) -> ActivationCache:
+                  pad_id: int, dtype: str, batch_size: int, device: str | None, extra: dict | None,
+                  codec_given: codecs.Codec | None) -> ActivationCache:
     partial = cache_dir.with_name(cache_dir.name + ".partial")
     if partial.is_symlink():  # never write a build through a link planted at our temporary name
         raise UserError(f"{partial} is a symbolic link; delete it, then rerun")
@@ -185,15 +222,24 @@ def _build_locked(cache_dir: Path, model_name: str, lower, cut_layer: int, split
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     lower.to(device)
     started = time.perf_counter()
+    coder, codec_record = None, None
+    if "codec" in fp:
+        coder = _codec(partial, fp["codec"], codec_given, lower, splits, pad_id, batch_size, device)
+        params = partial / codecs.PARAMS_FILE
+        codec_record = {"name": coder.name, "dim": fp["codec"]["dim"], "width": coder.width,
+                        "storage": "int8" if coder.name == "int8" else dtype,
+                        "bytes": params.stat().st_size, "sha256": file_sha256(params)}
+        coder.to(device)
     stats = {}
     for name, split in splits.items():
-        stats[name] = _build_split(partial, name, split, lower, pad_id, dtype, batch_size, device)
+        stats[name] = _build_split(partial, name, split, lower, pad_id, dtype, batch_size, device, coder)
     seconds = time.perf_counter() - started
 
     manifest = {
         "fingerprint": fp,
         "splits": stats,
         "hidden_size": encoders.hidden_size(lower),
+        **({} if codec_record is None else {"codec": codec_record}),
         "build_seconds": round(seconds, 3),
         "device": device_name(device),
         "package_version": recycling.__version__,
@@ -209,8 +255,57 @@ def _build_locked(cache_dir: Path, model_name: str, lower, cut_layer: int, split
     return ActivationCache(cache_dir)
 
 
+def _codec(partial: Path, spec: dict, given: codecs.Codec | None, lower, splits: dict[str, CacheInput],
+           pad_id: int, batch_size: int, device: str) -> codecs.Codec:
+    """The codec of an unfinished build: the one it already saved (resuming: its fingerprint, and
+    so how it was fitted, matched), the given one, or one fitted now; saved before any split."""
+    from safetensors.torch import load_file
+
+    path = partial / codecs.PARAMS_FILE
+    if path.is_file():
+        return codecs.load(spec["name"], load_file(str(path)))
+    if given is not None:
+        coder = given
+    else:
+        started = time.perf_counter()
+        sample = _fit_sample(splits["train"], lower, pad_id, batch_size, device)
+        coder = codecs.fit(spec["name"], sample, spec["dim"])
+        logger.info("fitted codec %s%s on %d training rows in %.1fs", spec["name"], spec["dim"] or "", len(sample),
+                    time.perf_counter() - started)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(coder.tensors(), str(tmp))
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(partial)
+    return coder
+
+
+def _fit_sample(split: CacheInput, lower, pad_id: int, batch_size: int, device: str) -> torch.Tensor:
+    """Up to ``codecs.FIT_TOKENS`` float32 rows of the lower part's output on the training split:
+    whole features, in a seeded random order."""
+    lengths = [len(r) for r in split.input_ids]
+    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(codecs.FIT_SEED)).tolist()
+    chosen, total = [], 0
+    for i in order:
+        if total >= codecs.FIT_TOKENS:
+            break
+        chosen.append(i)
+        total += lengths[i]
+    rows = []
+    with torch.no_grad():  # not inference_mode: the autoencoder trains on these rows
+        for start in range(0, len(chosen), batch_size):
+            batch = chosen[start:start + batch_size]
+            input_ids, mask = pad_ids([split.input_ids[i] for i in batch], pad_id)
+            types = None
+            if split.token_type_ids is not None:
+                types = pad_ids([split.token_type_ids[i] for i in batch], 0)[0].to(device)
+            hidden = encoders.run_lower(lower, input_ids.to(device), mask.to(device), types)
+            rows.extend(hidden[row, : lengths[i]].float().cpu() for row, i in enumerate(batch))
+    return torch.cat(rows)[: codecs.FIT_TOKENS]
+
+
 def _build_split(partial: Path, name: str, split: CacheInput, lower, pad_id: int, dtype: str,
-                 batch_size: int, device: str) -> dict:
+                 batch_size: int, device: str, coder: codecs.Codec | None = None) -> dict:
     """Write one split into ``partial/name``; a split folder only appears once it is complete.
 
     Returns the split's stats with its files' sizes and SHA-256, as the manifest records them.
@@ -229,7 +324,9 @@ def _build_split(partial: Path, name: str, split: CacheInput, lower, pad_id: int
     tmp = partial / (name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    width = encoders.hidden_size(lower)
+    width = encoders.hidden_size(lower) if coder is None else coder.width
+    if coder is not None and coder.name == "int8":
+        dtype = "int8"
     try:
         writer = SplitWriter(tmp, lengths, width, dtype)
     except OSError as err:
@@ -251,6 +348,8 @@ def _build_split(partial: Path, name: str, split: CacheInput, lower, pad_id: int
             if split.token_type_ids is not None:
                 types = pad_ids([split.token_type_ids[i] for i in batch], 0)[0].to(device)
             hidden = encoders.run_lower(lower, input_ids.to(device), mask.to(device), types)
+            if coder is not None:
+                hidden = coder.encode(hidden)
             for row, i in enumerate(batch):
                 writer.write(i, hidden[row, : lengths[i]])
     writer.close()  # fsyncs both arrays
@@ -281,13 +380,16 @@ def _finished_files(folder: Path, stats: dict) -> dict | None:
 
 def task_cache(features: dict[str, Features], *, task: str, dataset: str, model_name: str, model, cut_layer: int,
                pad_id: int, dtype: str, batch_size: int, cache_root: str | Path, cache_dir: str | Path | None = None,
-               device: str | None = None) -> ActivationCache:
+               device: str | None = None, codec: str | None = None, codec_dim: int | None = None,
+               codec_given: codecs.Codec | None = None) -> ActivationCache:
     """The cache of a task's features, at ``cache_dir`` or at its default place under ``cache_root``.
 
     The runner and ``python -m cache_builder`` both come here, so they find the same cache.
     """
     splits = {name: CacheInput(f.input_ids, f.token_type_ids) for name, f in features.items()}
+    spec = codec_spec(codec, codec_dim, codec_given)
     path = cache_dir or inside(cache_root, default_cache_dir(cache_root, task, dataset, model_name, cut_layer,
-                                                             dtype, splits), "the cache folder")
+                                                             dtype, splits, spec), "the cache folder")
     return build_cache(path, model_name, model, cut_layer, splits, pad_id=pad_id, dtype=dtype,
-                       batch_size=batch_size, device=device)
+                       batch_size=batch_size, device=device, codec=codec, codec_dim=codec_dim,
+                       codec_given=codec_given)

@@ -6,6 +6,7 @@ Layout (all arrays are ``.npy`` files, opened memory-mapped)::
     <cache>/<split>/hidden.npy   (n_tokens, hidden) cut-layer output of every token, no padding
     <cache>/<split>/offsets.npy  (n_features + 1,) int64: feature i is hidden[offsets[i]:offsets[i+1]]
     <cache>/<split>/split.json   the split's size and checksums, written before the split is published
+    <cache>/codec.safetensors    only in a compressed cache: the codec's fitted tensors (cache_builder.codecs)
 
 The manifest records, per split, the byte size and SHA-256 of each array file. Opening a cache
 (:class:`ActivationCache`) checks its structure and sizes, which costs a few reads; ``verify()``
@@ -16,11 +17,15 @@ A cache holds only what the frozen lower layers produced. Targets come from the 
 so one cache serves any label set, and features are addressed by their index in the split.
 
 bfloat16 has no numpy dtype, so it is stored as its raw 16 bits (uint16) and viewed back in torch.
+A compressed cache stores each row as its codec's codes (int8, or ``dim`` values in the cache dtype);
+its manifest's ``codec`` record names the codec, its stored width and dtype and the checksum of
+its fitted tensors, and the batches are decoded on the compute device (``ActivationCache.codec``).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -30,13 +35,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cache_builder import codecs
 from recycling.errors import UserError
 from recycling.files import file_sha256
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-NUMPY_STORAGE = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
+# What rows are stored as: a cache dtype, or int8 codes.
+TORCH_STORAGE = DTYPES | {"int8": torch.int8}
+NUMPY_STORAGE = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32, "int8": np.int8}
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
 ARRAYS = ("hidden.npy", "offsets.npy")
@@ -83,7 +91,7 @@ def file_records(folder: Path) -> dict:
 
 
 def to_storage(hidden: torch.Tensor, dtype: str) -> np.ndarray:
-    t = hidden.detach().to(device="cpu", dtype=DTYPES[dtype])
+    t = hidden.detach().to(device="cpu", dtype=TORCH_STORAGE[dtype])
     return (t.view(torch.uint16) if dtype == "bfloat16" else t).numpy()
 
 
@@ -130,10 +138,11 @@ class CachedSplit:
     Rows stay in the storage dtype (half the bytes of float32) until the model casts them on its device.
     """
 
-    def __init__(self, folder: Path, dtype: str):
+    def __init__(self, folder: Path, dtype: str, codec: "codecs.Codec | None" = None):
         self.folder = folder
         self.dtype = dtype
-        self.torch_dtype = DTYPES[dtype]
+        self.codec = codec  # decodes the rows on the compute device (None: they are the hidden states)
+        self.torch_dtype = TORCH_STORAGE[dtype]
         self.hidden = np.load(folder / "hidden.npy", mmap_mode="r")
         self.offsets = np.load(folder / "offsets.npy")
 
@@ -177,8 +186,49 @@ class ActivationCache:
         if not manifest.is_file():
             raise UserError(f"no complete cache at {self.path} (no {MANIFEST})")
         self.manifest = self._read_manifest(manifest)
+        codec = self.manifest.get("codec")
+        if codec is not None:
+            params = self.path / codecs.PARAMS_FILE
+            if not params.is_file() or params.stat().st_size != codec["bytes"]:
+                raise self._damaged(f"cache file {params} is missing or not the size the manifest records")
         for name, record in self.manifest["splits"].items():
             self._check_split(name, record)
+
+    @property
+    def storage(self) -> tuple[str, int]:
+        """What each row is stored as: its dtype name and width (the codec's, or the cache dtype and
+        the hidden size)."""
+        codec = self.manifest.get("codec")
+        if codec is None:
+            return self.fingerprint["dtype"], self.manifest["hidden_size"]
+        return codec["storage"], codec["width"]
+
+    @property
+    def label(self) -> str:
+        """How rows are stored, for tables: the cache dtype, ``int8``, or e.g. ``pca96-float16``."""
+        codec, dtype = self.manifest.get("codec"), self.fingerprint["dtype"]
+        if codec is None:
+            return dtype
+        return "int8" if codec["name"] == "int8" else f"{codec['name']}{codec['width']}-{dtype}"
+
+    @property
+    def tokens(self) -> int:
+        """Rows stored, over every split."""
+        return sum(int(self._load(self.path / name / "offsets.npy", mmap=True)[-1]) for name in self.manifest["splits"])
+
+    @functools.cached_property
+    def codec(self) -> codecs.Codec | None:
+        """The codec that decodes this cache's rows (None: rows are the hidden states themselves)."""
+        record = self.manifest.get("codec")
+        if record is None:
+            return None
+        from safetensors.torch import load_file
+
+        path = self.path / codecs.PARAMS_FILE
+        try:
+            return codecs.load(record["name"], load_file(str(path)))
+        except Exception as err:  # safetensors raises its own error types for a damaged file
+            raise self._damaged(f"cache file {path} is unreadable ({str(err).splitlines()[0][:200]})") from None
 
     def _damaged(self, what: str) -> UserError:
         return UserError(f"{what}; delete {self.path} and rerun to rebuild the cache")
@@ -212,6 +262,12 @@ class ActivationCache:
             problems.append("no 'fingerprint.features' object of counts")
         elif isinstance(splits, dict) and set(features) != set(splits):
             problems.append(f"splits {sorted(splits)} differ from the fingerprint's {sorted(features)}")
+        codec = manifest.get("codec")
+        if codec is not None and not (
+                isinstance(codec, dict) and codec.get("name") in codecs.CODECS and codec.get("storage") in NUMPY_STORAGE
+                and isinstance(codec.get("width"), int) and isinstance(codec.get("bytes"), int)
+                and isinstance(codec.get("sha256"), str)):
+            problems.append("a malformed 'codec' record")
         if problems:
             raise self._damaged(f"cache manifest {path} is malformed: {'; '.join(problems)}")
         return manifest
@@ -254,7 +310,8 @@ class ActivationCache:
             i = int(np.argmax(steps < 0))
             raise self._damaged(f"cache file {offsets_path} is not non-decreasing (feature {i} ends "
                                 f"at row {offsets[i + 1]}, before it starts at row {offsets[i]})")
-        dtype, width = np.dtype(NUMPY_STORAGE[self.fingerprint["dtype"]]), self.manifest["hidden_size"]
+        name, width = self.storage
+        dtype = np.dtype(NUMPY_STORAGE[name])
         if hidden.ndim != 2 or hidden.shape[1] != width or hidden.dtype != dtype:
             raise self._damaged(f"cache file {hidden_path} holds {hidden.dtype} {hidden.shape}, "
                                 f"expected {dtype} rows of {width}")
@@ -269,25 +326,30 @@ class ActivationCache:
         warning, when the cache predates checksums and so cannot be verified beyond the cheap check.
         """
         unverifiable = []
+        codec = self.manifest.get("codec")
+        if codec is not None:
+            self._compare(self.path / codecs.PARAMS_FILE, codec["sha256"])
         for name, record in self.manifest["splits"].items():
             files = record.get("files")
             if files is None:
                 unverifiable.append(name)
                 continue
             for array in ARRAYS:
-                path = self.path / name / array
-                try:
-                    digest = file_sha256(path)
-                except OSError as err:
-                    raise self._damaged(f"cache file {path} is unreadable ({err.strerror})") from None
-                if digest != files[array]["sha256"]:
-                    raise self._damaged(f"cache file {path} is corrupt: its SHA-256 differs from the manifest's")
+                self._compare(self.path / name / array, files[array]["sha256"])
         if unverifiable:
             logger.warning("cache %s records no checksums for split(s) %s (built before they were recorded): "
                            "only its structure was checked; rebuild it to make it verifiable",
                            self.path, ", ".join(unverifiable))
             return False
         return True
+
+    def _compare(self, path: Path, sha256: str) -> None:
+        try:
+            digest = file_sha256(path)
+        except OSError as err:
+            raise self._damaged(f"cache file {path} is unreadable ({err.strerror})") from None
+        if digest != sha256:
+            raise self._damaged(f"cache file {path} is corrupt: its SHA-256 differs from the manifest's")
 
     @property
     def fingerprint(self) -> dict:
@@ -296,7 +358,7 @@ class ActivationCache:
     def split(self, name: str) -> CachedSplit:
         if name not in self.manifest["splits"]:
             raise UserError(f"cache at {self.path} has no split '{name}' (it has {', '.join(self.manifest['splits'])})")
-        return CachedSplit(self.path / name, self.fingerprint["dtype"])
+        return CachedSplit(self.path / name, self.storage[0], self.codec)
 
     def nbytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())

@@ -36,6 +36,7 @@ class FeatureDataset(Dataset):
         self.features = features
         self.pad_id = pad_id
         self.cached = cached
+        self.codec = None if cached is None else cached.codec  # the model decodes the batches with it
         self.lengths = [len(ids) for ids in features.input_ids]
 
     def __len__(self) -> int:

@@ -28,10 +28,13 @@ CACHED_MODES = ("semi_frozen", "adapters", "lora")
 BASELINE_OF = {"semi_frozen": "full", "adapters": "adapters_full", "lora": "lora_full"}
 # Settings a mode never reads: a sweep over them runs that mode once, not again at every point.
 _LORA_KEYS = ("lora_rank", "lora_alpha")
-IGNORED_BY = {"full": ("cut_layer", "cache_dtype", "adapter_size", *_LORA_KEYS),
+_CACHE_KEYS = ("cache_dtype", "cache_codec", "cache_codec_dim")
+IGNORED_BY = {"full": ("cut_layer", *_CACHE_KEYS, "adapter_size", *_LORA_KEYS),
               "semi_frozen": ("adapter_size", *_LORA_KEYS), "adapters": _LORA_KEYS,
-              "adapters_full": ("cache_dtype", *_LORA_KEYS), "lora": ("adapter_size",),
-              "lora_full": ("cache_dtype", "adapter_size")}
+              "adapters_full": (*_CACHE_KEYS, *_LORA_KEYS), "lora": ("adapter_size",),
+              "lora_full": (*_CACHE_KEYS, "adapter_size")}
+CODECS = ("int8", "pca", "autoencoder")  # cache_builder.codecs
+DIM_CODECS = ("pca", "autoencoder")
 POOLINGS = ("cls", "mean")
 WINDOWED_TASKS = ("ner", "qa")  # tasks that split long texts into windows (window_stride applies)
 SELECT_ON = ("dev_loss", "dev_metric")
@@ -68,6 +71,10 @@ class ExperimentConfig:
     # Examples per split from the top of each file (an int for every split, or {split: n}); for quick runs.
     max_examples: typing.Union[int, dict[str, int], None] = None
     cache_dtype: str = "float16"
+    # Compressed cache (cache_builder/codecs.py): int8 | pca | autoencoder, fitted on a sample of
+    # train; pca and autoencoder store cache_codec_dim values per token (in cache_dtype).
+    cache_codec: typing.Optional[str] = None
+    cache_codec_dim: typing.Optional[int] = None
     cache_batch_size: int = 64
     cache_dir: typing.Optional[str] = None  # default: derived from the inputs under the cache root
     verify_cache: bool = False  # recompute the cache's checksums before training (reads the whole cache)
@@ -166,7 +173,17 @@ class ExperimentConfig:
         if self.prefetch_batches < 0:
             raise bad("prefetch_batches", f"must be at least 0, got {self.prefetch_batches}")
         if self.cache_dtype not in ("float16", "bfloat16", "float32"):
-            raise bad("cache_dtype", f"must be float16, bfloat16 or float32, got '{self.cache_dtype}'")
+            raise bad("cache_dtype", f"must be float16, bfloat16 or float32 (int8 codes: cache_codec), "
+                                     f"got '{self.cache_dtype}'")
+        if self.cache_codec is not None and self.cache_codec not in CODECS:
+            raise bad("cache_codec", f"must be one of {', '.join(CODECS)} or null, got '{self.cache_codec}'")
+        if self.cache_codec in DIM_CODECS and self.cache_codec_dim is None:
+            raise bad("cache_codec", f"is {self.cache_codec}, which needs cache_codec_dim (values stored per token)")
+        if self.cache_codec_dim is not None and self.cache_codec_dim < 1:
+            raise bad("cache_codec_dim", f"must be at least 1, got {self.cache_codec_dim}")
+        if self.cache_codec not in DIM_CODECS and self.cache_codec_dim is not None:
+            raise bad("cache_codec_dim", f"applies to codecs {' and '.join(DIM_CODECS)} only "
+                                         f"(cache_codec is {self.cache_codec})")
         if not self.seeds:
             raise bad("seeds", "must list at least one seed")
         limits = self.max_examples.values() if isinstance(self.max_examples, dict) else [self.max_examples]
@@ -299,7 +316,7 @@ def _checked(key: str, value, source: str):
 # serves every point (a cut layer or cache dtype gets its own cache).
 SWEEPABLE = ("learning_rate", "adapter_size", "lora_rank", "lora_alpha", "cut_layer", "pooling", "warmup_ratio",
              "warmup_steps", "select_on", "max_epochs", "patience", "weight_decay", "head_dropout", "batch_size",
-             "grad_accum_steps", "cache_dtype", "length_group_batches")
+             "grad_accum_steps", "cache_dtype", "cache_codec", "cache_codec_dim", "length_group_batches")
 
 
 def _checked_sweep(sweep: dict, source: str) -> dict[str, list]:

@@ -40,6 +40,9 @@ class TaskModel(nn.Module):
         self.head = head
         self.cached = cached
         self.frozen = list(frozen)  # a plain list: these modules are already registered in encoder
+        # A compressed cache's decoder (cache_builder.codecs), set by whoever pairs the model with its
+        # cache: it decodes each batch on the model's device. Its tensors are not in the state dict.
+        self.codec = None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -50,7 +53,8 @@ class TaskModel(nn.Module):
     def forward(self, batch: dict):
         mask = batch["attention_mask"]
         if self.cached:
-            hidden = encoders.run_upper(self.encoder, batch["hidden"].to(self.head_dtype), mask)
+            hidden = batch["hidden"] if self.codec is None else self.codec(batch["hidden"])
+            hidden = encoders.run_upper(self.encoder, hidden.to(self.head_dtype), mask)
         else:
             hidden = encoders.run_lower(self.encoder, batch["input_ids"], mask, batch.get("token_type_ids"))
         return self.head(hidden, mask)

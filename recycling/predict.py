@@ -75,16 +75,20 @@ def predict(args: argparse.Namespace) -> dict:
                             f"(sha256 {info['lower_weights_sha256'][:12]}) than {config.model} layers "
                             f"0..{config.cut_layer - 1} have here ({lower_sha[:12]}); refusing to predict")
         encoders.check_split(base, config.cut_layer)
+        # A compressed cache is encoded with the model's own codec, not one fitted on this file.
         cache = task_cache(features, task=config.task, dataset=path.stem, model_name=config.model, model=base,
                            cut_layer=config.cut_layer, pad_id=pad_id, dtype=config.cache_dtype,
                            batch_size=config.cache_batch_size, cache_root=args.cache_root,
-                           cache_dir=args.cache_dir, device=device)
+                           cache_dir=args.cache_dir, device=device, codec=config.cache_codec,
+                           codec_dim=config.cache_codec_dim, codec_given=saved.load_codec(args.model, info))
         # task_cache refuses a cache (e.g. at --cache-dir) of another lower part than this encoder's,
         # which is the model's by the check above.
         if config.verify_cache:
             cache.verify()
         dataset = FeatureDataset(features[SPLIT], pad_id, cache.split(SPLIT))
-    model = saved.load(args.model, info, config, base, task, data).to(device)
+    model = saved.load(args.model, info, config, base, task, data)
+    model.codec = dataset.codec
+    model.to(device)
     loader = make_loader(dataset, config.eval_batch_size, False, group_by_length=config.group_by_length,
                          pin_memory=torch.device(device).type == "cuda")
     evaluation = evaluate(model, loader, device, config.precision, config.prefetch_batches)

@@ -97,7 +97,7 @@ def _task_cache(config: ExperimentConfig, features: dict[str, Features], base, t
     return task_cache(features, task=config.task, dataset=config.dataset, model_name=config.model, model=base,
                       cut_layer=config.cut_layer, pad_id=tokenizer.pad_token_id or 0, dtype=config.cache_dtype,
                       batch_size=config.cache_batch_size, cache_root=cache_root, cache_dir=config.cache_dir,
-                      device=device)
+                      device=device, codec=config.cache_codec, codec_dim=config.cache_codec_dim)
 
 
 def train_model(mode: str, seed: int, config: ExperimentConfig, task: Task, data, base, splits: dict,
@@ -105,7 +105,9 @@ def train_model(mode: str, seed: int, config: ExperimentConfig, task: Task, data
     """A fresh model for ``mode`` trained on ``splits["train"]`` (datasets for this mode), the epoch
     kept chosen on ``splits["dev"]``; returns ``(model, history)``."""
     model = build_model(mode, base, config.cut_layer, lambda: task.head(data, base, config),
-                        UpperSettings.of(config), seed).to(device)
+                        UpperSettings.of(config), seed)
+    model.codec = splits["train"].codec
+    model.to(device)
     if config.compile:
         model.compile(dynamic=True)  # in place: parameter names, and so saved models, are unchanged
     settings = TrainSettings(config.learning_rate[mode], config.max_epochs, config.patience, config.warmup_steps,
@@ -294,7 +296,7 @@ def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, exper
         **task.describe(data),
         "cache": None if cache is None else {
             "path": str(cache.path), "build_seconds": cache.manifest["build_seconds"],
-            "bytes": cache.nbytes(), "fingerprint": cache.fingerprint},
+            "bytes": cache.nbytes(), "tokens": cache.tokens, "codec": cache.label, "fingerprint": cache.fingerprint},
         "runs": {mode: [] for mode in config.modes},
     }
     result["provenance"]["inputs"] = inputs

@@ -2,7 +2,8 @@
 
 A folder holds ``model.safetensors`` (the upper layers, or the whole encoder in a text mode, with
 adapters and head) and ``model.json`` (mode, resolved config, task description and, for cached
-modes, the SHA-256 of the lower part whose cache it reads). Loading rebuilds the same model from
+modes, the SHA-256 of the lower part whose cache it reads). A model trained on a compressed cache
+also keeps its codec (``codec.safetensors``): new data must be encoded exactly as its training data was. Loading rebuilds the same model from
 the pretrained encoder and restores the weights strictly.
 """
 
@@ -14,7 +15,10 @@ import json
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from cache_builder import codecs
+from cache_builder.build import tensors_sha256
 
 from recycling.config import CACHED_MODES, MODES, ExperimentConfig, from_dict
 from recycling.errors import UserError
@@ -32,6 +36,12 @@ def save(folder: str | Path, model: TaskModel, mode: str, config: ExperimentConf
     folder = Path(folder)
     info = {"format": FORMAT, "mode": mode, "cut_layer": config.cut_layer, "config": dataclasses.asdict(config),
             "data": description, "lower_weights_sha256": lower_weights_sha256 if mode in CACHED_MODES else None}
+    if model.codec is not None:
+        tensors = model.codec.tensors()
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / codecs.PARAMS_FILE) as tmp:
+            save_file(tensors, str(tmp))
+        info["codec"] = {"name": model.codec.name, "sha256": tensors_sha256(tensors)}
     with atomic_path(folder / WEIGHTS) as tmp:
         # The weights carry their info's hash: an edited or swapped model.json is caught on loading.
         save_model(model, str(tmp), metadata={INFO_SHA256: _info_sha256(info)})  # save_model handles tied weights
@@ -75,7 +85,23 @@ def read_info(folder: str | Path) -> tuple[dict, ExperimentConfig]:
     config = from_dict(info.get("config"), str(folder / INFO))
     if info["mode"] in CACHED_MODES and not isinstance(info.get("lower_weights_sha256"), str):
         raise UserError(f"{folder / INFO} has no fingerprint of the lower part its cache must come from")
+    if (config.cache_codec is not None and info["mode"] in CACHED_MODES) != ("codec" in info):
+        raise UserError(f"{folder / INFO} does not match its config's cache_codec ({config.cache_codec})")
     return info, config
+
+
+def load_codec(folder: str | Path, info: dict) -> codecs.Codec | None:
+    """The codec a model trained on a compressed cache was trained with (None for other models)."""
+    if "codec" not in info:
+        return None
+    path = Path(folder) / codecs.PARAMS_FILE
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path} is not a readable codec file ({str(err).splitlines()[0][:200]})") from None
+    if tensors_sha256(tensors) != info["codec"]["sha256"]:
+        raise UserError(f"{path} is not the codec this model was trained with (its checksum differs)")
+    return codecs.load(info["codec"]["name"], tensors)
 
 
 def load(folder: str | Path, info: dict, config: ExperimentConfig, base, task, data) -> TaskModel:

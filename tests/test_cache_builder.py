@@ -194,3 +194,61 @@ def test_cache_with_segment_ids_reproduces_the_full_model(tiny):
             out = encoders.run_upper(upper, cache.split("dev")[i].float()[None], mask)
         assert (full - out).abs().max().item() <= 1e-5
         assert (plain - out).abs().max().item() > 1e-4  # the segments matter, so the test can fail
+
+
+@pytest.mark.parametrize("codec,dim,width,storage", [("int8", None, 32, np.int8), ("pca", 8, 8, np.float16),
+                                                      ("autoencoder", 8, 8, np.float16)])
+def test_a_compressed_cache_stores_codes_and_decodes_them_with_its_saved_codec(tiny, codec, dim, width, storage):
+    from cache_builder import codecs
+
+    exact = _build(tiny, tiny["root"] / "fp32", dtype="float32")
+    cache = _build(tiny, tiny["root"] / codec, codec=codec, codec_dim=dim)
+    assert np.load(cache.path / "train" / "hidden.npy", mmap_mode="r").dtype == storage
+    record = cache.manifest["codec"]
+    assert (record["name"], record["dim"], record["width"]) == (codec, dim, width)
+    assert cache.fingerprint["codec"]["fit"] == {"split": "train", "tokens": codecs.FIT_TOKENS, "seed": 0}
+    assert cache.label == ("int8" if codec == "int8" else f"{codec}8-float16")
+    split = cache.split("train")
+    assert split.codec is cache.codec and split[0].shape[1] == width
+    # The toy split is smaller than FIT_TOKENS: the codec was fitted on every training row.
+    reference = torch.cat([exact.split("train")[i] for i in range(len(split))])
+    decoded = cache.codec.decode(torch.cat([split[i] for i in range(len(split))]))
+    if codec == "int8":
+        assert ((decoded - reference).abs() <= cache.codec.scale / 2 + 1e-4).all()
+        assert torch.allclose(cache.codec.scale, reference.abs().amax(0) / 127)
+    else:  # 8 of 32 directions: lossy, but far better than the mean alone
+        error = (decoded - reference).norm(dim=-1).mean()
+        assert error < 0.8 * (reference - reference.mean(0)).norm(dim=-1).mean()
+    assert cache.verify() and _build(tiny, cache.path, codec=codec, codec_dim=dim).manifest == cache.manifest
+    other = ("pca", 4) if codec == "int8" else (codec, 4)  # another codec, or another size, is another cache
+    with pytest.raises(UserError, match=r"codec\.(name|dim): cache has"):
+        _build(tiny, cache.path, codec=other[0], codec_dim=other[1])
+
+
+def test_a_compressed_cache_has_its_own_default_folder_and_a_damaged_codec_file_is_caught(tiny):
+    plain = default_cache_dir(tiny["root"], "tc", "toy", tiny["path"], 2, "float16", tiny["inputs"])
+    spec = build_module.codec_spec("pca", 8)
+    folder = default_cache_dir(tiny["root"], "tc", "toy", tiny["path"], 2, "float16", tiny["inputs"], spec)
+    assert folder != plain and "-float16-pca8-" in folder.name
+    cache = _build(tiny, folder, codec="pca", codec_dim=8)
+    params = folder / "codec.safetensors"
+    data = bytearray(params.read_bytes())
+    data[-1] ^= 0xFF
+    params.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="codec.safetensors is corrupt"):
+        cache.verify()
+    params.unlink()
+    with pytest.raises(UserError, match="codec.safetensors is missing"):
+        ActivationCache(folder)
+
+
+def test_a_given_codec_encodes_other_data_exactly_as_it_encoded_the_training_data(tiny):
+    cache = _build(tiny, tiny["root"] / "fitted", codec="pca", codec_dim=8)
+    test_only = {"test": tiny["inputs"]["test"]}
+    again = build_cache(tiny["root"] / "given", tiny["path"], tiny["model"], 2, test_only, batch_size=5,
+                        pad_id=tiny["tokenizer"].pad_token_id, codec="pca", codec_dim=8, codec_given=cache.codec)
+    assert "params_sha256" in again.fingerprint["codec"] and "fit" not in again.fingerprint["codec"]
+    a, b = cache.split("test"), again.split("test")
+    assert all(torch.equal(a[i], b[i]) for i in range(len(a)))
+    with pytest.raises(UserError, match="fitted on the train split"):
+        build_cache(tiny["root"] / "nofit", tiny["path"], tiny["model"], 2, test_only, codec="pca", codec_dim=8)

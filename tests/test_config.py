@@ -39,6 +39,10 @@ BAD_SETTINGS = [
     ("task=translation", "task", "an unknown task"),
     ("metric=accuracy", "metric", "a metric the task does not report"),
     ("cache_dtype=int8", "cache_dtype", "an unknown cache dtype"),
+    ("cache_codec=zip", "cache_codec", "an unknown cache codec"),
+    ("cache_codec=pca", "cache_codec", "a PCA codec without its size"),
+    ("cache_codec_dim=0", "cache_codec_dim", "a codec size of 0"),
+    ("cache_codec_dim=8", "cache_codec_dim", "a codec size without a codec that takes one"),
     ("precision=fp16", "precision", "an unknown precision"),
     ("batch_size=true", "batch_size", "a boolean batch size"),
 ]

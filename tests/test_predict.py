@@ -20,7 +20,7 @@ TASKS = {  # task: (data writer, its test file, settings)
 }
 
 
-def train_and_save(tmp_path, task, modes="[semi_frozen, full]"):
+def train_and_save(tmp_path, task, modes="[semi_frozen, full]", settings=""):
     model = save_tiny_bert(tmp_path / "model")
     writer, _, extra = TASKS[task]
     writer(tmp_path / "data")
@@ -29,7 +29,7 @@ def train_and_save(tmp_path, task, modes="[semi_frozen, full]"):
     config.write_text(
         f"base: {ROOT / 'HyperparameterSelection' / task / 'defaults.yaml'}\n"
         f"model: {model}\ncut_layer: 2\nmax_epochs: 1\nbatch_size: 8\nwarmup_steps: 0\n{max_length}{extra}"
-        f"dataset: toy\nmodes: {modes}\nlora_rank: 4\n"
+        f"dataset: toy\nmodes: {modes}\nlora_rank: 4\n{settings}"
         "learning_rate: {full: 1.0e-3, semi_frozen: 1.0e-3, adapters: 1.0e-3, lora: 1.0e-2, lora_full: 1.0e-2}\n")
     args = runner.parse_args("test", [str(config), "--data-dir", str(tmp_path / "data"), "--results-dir",
                                       str(tmp_path / "results"), "--cache-root", str(tmp_path / "caches"),
@@ -76,6 +76,29 @@ def test_lora_from_the_cache_and_its_text_baseline_train_save_and_predict(tmp_pa
         assert scores == pytest.approx({k: v for k, v in run["test"].items() if k != "loss"}, abs=1e-9), mode
     rows = {r["mode"]: r for r in csv.DictReader(open(tmp_path / "results" / "summary.csv"))}
     assert rows["lora"]["train_speedup"] and rows["lora"]["cache_bytes"] and not rows["lora_full"]["cache_bytes"]
+
+
+@pytest.mark.parametrize("codec", ["int8", "pca"])
+def test_a_model_trained_on_a_compressed_cache_predicts_through_its_own_codec(tmp_path, monkeypatch, codec):
+    import csv
+
+    monkeypatch.chdir(tmp_path)
+    settings = "cache_codec: int8\n" if codec == "int8" else "cache_codec: pca\ncache_codec_dim: 8\n"
+    result, models = train_and_save(tmp_path, "text_classification", "[semi_frozen, full]", settings)
+    assert result["cache"]["codec"] == ("int8" if codec == "int8" else "pca8-float16")
+    assert (models / "semi_frozen-seed0" / "codec.safetensors").is_file()
+    assert not (models / "full-seed0" / "codec.safetensors").exists()
+    test_file = tmp_path / "data" / "text_classification" / "toy" / "test.txt"
+    scores = run_predict(tmp_path, models / "semi_frozen-seed0", test_file, tmp_path / "p.jsonl")
+    run = result["runs"]["semi_frozen"][0]
+    assert scores == pytest.approx({k: v for k, v in run["test"].items() if k != "loss"}, abs=1e-9)
+    # the file's cache was encoded with the saved codec (not one fitted on the file): its own folder
+    given = [p for p in (tmp_path / "caches").rglob("manifest.json") if "-p" in p.parent.name.split(codec)[-1]]
+    assert len(given) == 1
+    rows = {r["mode"]: r for r in csv.DictReader(open(tmp_path / "results" / "summary.csv"))}
+    width = 32 if codec == "int8" else 8 * 2  # bytes per token of the codes; fp16 would be 64
+    assert rows["semi_frozen"]["codec"] == result["cache"]["codec"] and rows["full"]["codec"] == ""
+    assert width <= float(rows["semi_frozen"]["bytes_per_token"]) < 1.5 * width + 8
 
 
 def test_an_unlabelled_file_gets_the_same_predictions(tmp_path, monkeypatch):
