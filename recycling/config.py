@@ -183,7 +183,7 @@ class ExperimentConfig:
             raise bad("cache_codec_dim", f"must be at least 1, got {self.cache_codec_dim}")
         if self.cache_codec not in DIM_CODECS and self.cache_codec_dim is not None:
             raise bad("cache_codec_dim", f"applies to codecs {' and '.join(DIM_CODECS)} only "
-                                         f"(cache_codec is {self.cache_codec})")
+                                         f"(cache_codec is {self.cache_codec or 'null'})")
         if not self.seeds:
             raise bad("seeds", "must list at least one seed")
         limits = self.max_examples.values() if isinstance(self.max_examples, dict) else [self.max_examples]
