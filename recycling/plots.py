@@ -6,6 +6,8 @@
   score at each point, the point chosen on dev marked; for a sweep over ``cut_layer`` alone with
   ``full`` in it, the recycled modes' test score against their speedup over ``full`` (training epoch
   and inference), one point per cut, ``full``'s score as the reference line.
+- ``codecs.png``: the codec study (experiments ``codec__...``): test score against the cache's bytes
+  per token, one panel per dataset and model, each point labelled with its codec.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from recycling.config import MODES  # noqa: E402
+from recycling.config import CACHED_MODES, MODES  # noqa: E402
 from recycling.errors import exit_code  # noqa: E402
 from recycling.files import atomic_path  # noqa: E402
 from recycling.results import all_summary_rows  # noqa: E402
 
 logger = logging.getLogger("recycling.plots")
-COLORS = {"full": "black", "semi_frozen": "tab:blue", "adapters": "tab:orange", "adapters_full": "tab:green"}
+COLORS = {"full": "black", "semi_frozen": "tab:blue", "adapters": "tab:orange", "adapters_full": "tab:green",
+          "lora": "tab:purple", "lora_full": "tab:brown"}
+CODEC_STUDY = "codec__"  # experiments of the codec study (HyperparameterSelection/<task>/codec/)
 
 
 def gap_rows(results_dir: Path) -> list[dict]:
@@ -37,7 +41,7 @@ def gap_rows(results_dir: Path) -> list[dict]:
     rows = []
     for r in summary:
         reference = full.get((r["experiment"], r["dataset"], r["device"]))
-        if r["mode"] in ("semi_frozen", "adapters") and reference is not None:
+        if r["mode"] in CACHED_MODES and reference is not None:
             rows.append({"label": f"{r['dataset']}: {r['experiment']} ({r['metric']})", "mode": r["mode"],
                          "gap": r["test_mean"] - reference["test_mean"], "std": r["test_std"] or 0.0,
                          "n_seeds": r["n_seeds"]})
@@ -47,8 +51,10 @@ def gap_rows(results_dir: Path) -> list[dict]:
 def plot_gaps(rows: list[dict], out: Path) -> None:
     labels = list(dict.fromkeys(r["label"] for r in rows))
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.5))
-    for offset, mode in ((-0.15, "semi_frozen"), (0.15, "adapters")):
+    for offset, mode in ((-0.2, "semi_frozen"), (0.0, "adapters"), (0.2, "lora")):
         mine = [r for r in rows if r["mode"] == mode]
+        if not mine:
+            continue
         ax.errorbar([r["gap"] for r in mine], [labels.index(r["label"]) + offset for r in mine],
                     xerr=[r["std"] for r in mine], fmt="o", color=COLORS[mode], label=mode, capsize=3)
     ax.axvline(0, color=COLORS["full"], linewidth=1, label="full (reference)")
@@ -110,6 +116,34 @@ def plot_cut(summary: dict, out: Path) -> None:
     _save(fig, out)
 
 
+def codec_rows(results_dir: Path) -> list[dict]:
+    """The codec study's summary rows (experiments named ``codec__...``) that know their bytes per token."""
+    return [r for r in all_summary_rows(results_dir)
+            if r["experiment"].startswith(CODEC_STUDY) and r["bytes_per_token"] != ""]
+
+
+def plot_codecs(rows: list[dict], out: Path) -> None:
+    """Storage against accuracy: test score over bytes per token, one panel per dataset and model."""
+    panels = list(dict.fromkeys((r["dataset"], r["model"], r["cut_layer"]) for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        mine = [r for r in rows if (r["dataset"], r["model"], r["cut_layer"]) == panel]
+        for mode in [m for m in MODES if any(r["mode"] == m for r in mine)]:
+            line = sorted((r for r in mine if r["mode"] == mode), key=lambda r: r["bytes_per_token"])
+            ax.errorbar([r["bytes_per_token"] for r in line], [r["test_mean"] for r in line],
+                        yerr=[r["test_std"] or 0.0 for r in line], fmt="o", color=COLORS[mode], label=mode, capsize=3)
+            for r in line:
+                ax.annotate(r["codec"], (r["bytes_per_token"], r["test_mean"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("bytes per token (whole cache / rows)")
+        ax.set_ylabel(f"test {mine[0]['metric']} (bars: std over seeds)")
+        ax.set_title(f"{panel[0]}: {panel[1]}, k={panel[2]}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, out)
+
+
 def is_cut_sweep(summary: dict) -> bool:
     return list(summary["sweep"]) == ["cut_layer"] and "full" in summary["chosen"]
 
@@ -129,6 +163,10 @@ def make_all(results_dir: Path, out_dir: Path) -> list[Path]:
     if rows:
         plot_gaps(rows, out_dir / "gap_to_full.png")
         written.append(out_dir / "gap_to_full.png")
+    rows = codec_rows(results_dir)
+    if rows:
+        plot_codecs(rows, out_dir / "codecs.png")
+        written.append(out_dir / "codecs.png")
     for path in sorted(results_dir.glob("sweeps/*/*/*.json")):
         summary = json.loads(path.read_text(encoding="utf-8"))
         task, dataset = path.parts[-3], path.parts[-2]

@@ -73,3 +73,20 @@ def test_a_cut_sweep_plots_score_against_speedup_over_its_one_full_run(tmp_path)
     path.write_text(json.dumps(summary))
     assert plots.main(["--results-dir", str(tmp_path)]) == 0
     assert (tmp_path / "plots" / "sweep__text_classification__a__cuts.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_codec_chart_takes_the_codec_study_rows_that_know_their_bytes_per_token(tmp_path):
+    folder = tmp_path / "text_classification" / "a"
+    for name, codec, nbytes in (("codec__fp16", "float16", 7680), ("codec__pca", "pca96-float16", 1920),
+                                ("other", "float16", 7680)):
+        _result(folder, name, {"semi_frozen": [(0.7, 0.7)]})
+        path = folder / f"{name}.json"
+        result = json.loads(path.read_text())
+        result["cache"] = {"path": "c", "build_seconds": 1.0, "bytes": nbytes, "tokens": 10, "codec": codec}
+        path.write_text(json.dumps(result))
+    _result(folder, "codec__old", {"semi_frozen": [(0.7, 0.7)]})  # no cache record: no bytes per token
+    rows = plots.codec_rows(tmp_path)
+    assert [(r["experiment"], r["codec"], r["bytes_per_token"]) for r in rows] == [
+        ("codec__fp16", "float16", 768.0), ("codec__pca", "pca96-float16", 192.0)]
+    assert tmp_path / "plots" / "codecs.png" in plots.make_all(tmp_path, tmp_path / "plots")
+    assert (tmp_path / "plots" / "codecs.png").stat().st_size > 0
