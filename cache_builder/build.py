@@ -224,11 +224,11 @@ def _build_locked(cache_dir: Path, model_name: str, lower, cut_layer: int, split
     started = time.perf_counter()
     coder, codec_record = None, None
     if "codec" in fp:
-        coder = _codec(partial, fp["codec"], codec_given, lower, splits, pad_id, batch_size, device)
+        coder, error = _codec(partial, fp["codec"], codec_given, lower, splits, pad_id, dtype, batch_size, device)
         params = partial / codecs.PARAMS_FILE
         codec_record = {"name": coder.name, "dim": fp["codec"]["dim"], "width": coder.width,
                         "storage": "int8" if coder.name == "int8" else dtype,
-                        "bytes": params.stat().st_size, "sha256": file_sha256(params)}
+                        "bytes": params.stat().st_size, "sha256": file_sha256(params), "fit_error": error}
         coder.to(device)
     stats = {}
     for name, split in splits.items():
@@ -256,28 +256,35 @@ def _build_locked(cache_dir: Path, model_name: str, lower, cut_layer: int, split
 
 
 def _codec(partial: Path, spec: dict, given: codecs.Codec | None, lower, splits: dict[str, CacheInput],
-           pad_id: int, batch_size: int, device: str) -> codecs.Codec:
-    """The codec of an unfinished build: the one it already saved (resuming: its fingerprint, and
-    so how it was fitted, matched), the given one, or one fitted now; saved before any split."""
+           pad_id: int, dtype: str, batch_size: int, device: str) -> tuple[codecs.Codec, dict | None]:
+    """The codec of an unfinished build, and its round-trip error on the rows it was fitted on (None
+    for a given codec): the one the build already saved (resuming: its fingerprint, and so how it
+    was fitted, matched), the given one, or one fitted now; saved before any split."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = partial / codecs.PARAMS_FILE
     if path.is_file():
-        return codecs.load(spec["name"], load_file(str(path)))
+        with safe_open(str(path), framework="pt") as f:
+            error = (f.metadata() or {}).get("fit_error")
+        return codecs.load(spec["name"], load_file(str(path))), error and json.loads(error)
+    error = None
     if given is not None:
         coder = given
     else:
         started = time.perf_counter()
         sample = _fit_sample(splits["train"], lower, pad_id, batch_size, device)
         coder = codecs.fit(spec["name"], sample, spec["dim"])
-        logger.info("fitted codec %s%s on %d training rows in %.1fs", spec["name"], spec["dim"] or "", len(sample),
-                    time.perf_counter() - started)
+        error = codecs.fit_error(coder, sample, DTYPES[dtype])
+        logger.info("fitted codec %s%s on %d training rows in %.1fs (round trip: 1 - cosine %.2g, relative L2 "
+                    "%.2g)", spec["name"], spec["dim"] or "", len(sample), time.perf_counter() - started,
+                    error["one_minus_cosine"], error["relative_l2"])
     tmp = path.with_name(path.name + ".tmp")
-    save_file(coder.tensors(), str(tmp))
+    save_file(coder.tensors(), str(tmp), metadata=None if error is None else {"fit_error": json.dumps(error)})
     fsync_file(tmp)
     os.replace(tmp, path)
     fsync_dir(partial)
-    return coder
+    return coder, error
 
 
 def _fit_sample(split: CacheInput, lower, pad_id: int, batch_size: int, device: str) -> torch.Tensor:

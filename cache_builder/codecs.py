@@ -152,6 +152,17 @@ def _fit_autoencoder(sample: torch.Tensor, mean: torch.Tensor, components: torch
     return AutoencoderCodec({"enc_weight": enc_w, "enc_bias": enc_b, "dec_weight": dec_w, "dec_bias": dec_b})
 
 
+def fit_error(codec: Codec, rows: torch.Tensor, storage: torch.dtype) -> dict:
+    """How far ``rows`` come back after a round trip through the cache (codes cast to ``storage``):
+    mean ``1 - cosine similarity`` and mean relative L2 error, for the manifest."""
+    with torch.no_grad():
+        codes = codec.encode(rows)
+        out = codec.decode(codes if codes.dtype == torch.int8 else codes.to(storage))
+        cosine = nn.functional.cosine_similarity(out, rows, dim=-1)
+        relative = (out - rows).norm(dim=-1) / rows.norm(dim=-1).clamp(min=1e-6)
+    return {"one_minus_cosine": round((1 - cosine).mean().item(), 6), "relative_l2": round(relative.mean().item(), 6)}
+
+
 def autoencoder_loss(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Mostly ``1 - cos(out, row)``, plus a small weight on the squared relative error of the norm."""
     cosine = nn.functional.cosine_similarity(out, rows, dim=-1)

@@ -296,7 +296,8 @@ def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, exper
         **task.describe(data),
         "cache": None if cache is None else {
             "path": str(cache.path), "build_seconds": cache.manifest["build_seconds"],
-            "bytes": cache.nbytes(), "tokens": cache.tokens, "codec": cache.label, "fingerprint": cache.fingerprint},
+            "bytes": cache.nbytes(), "tokens": cache.tokens, "codec": cache.label,
+            "codec_fit_error": (cache.manifest.get("codec") or {}).get("fit_error"), "fingerprint": cache.fingerprint},
         "runs": {mode: [] for mode in config.modes},
     }
     result["provenance"]["inputs"] = inputs

@@ -207,6 +207,8 @@ def test_a_compressed_cache_stores_codes_and_decodes_them_with_its_saved_codec(t
     record = cache.manifest["codec"]
     assert (record["name"], record["dim"], record["width"]) == (codec, dim, width)
     assert cache.fingerprint["codec"]["fit"] == {"split": "train", "tokens": codecs.FIT_TOKENS, "seed": 0}
+    error = record["fit_error"]  # the round trip on the rows the codec was fitted on
+    assert 0 <= error["one_minus_cosine"] < error["relative_l2"] < (0.01 if codec == "int8" else 0.8)
     assert cache.label == ("int8" if codec == "int8" else f"{codec}8-float16")
     split = cache.split("train")
     assert split.codec is cache.codec and split[0].shape[1] == width
@@ -252,3 +254,24 @@ def test_a_given_codec_encodes_other_data_exactly_as_it_encoded_the_training_dat
     assert all(torch.equal(a[i], b[i]) for i in range(len(a)))
     with pytest.raises(UserError, match="fitted on the train split"):
         build_cache(tiny["root"] / "nofit", tiny["path"], tiny["model"], 2, test_only, codec="pca", codec_dim=8)
+
+
+def test_an_interrupted_compressed_build_resumes_with_the_codec_it_saved(tiny, monkeypatch):
+    from cache_builder import codecs
+
+    cache_dir = tiny["root"] / "c"
+    real = build_module._build_split
+
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "_build_split", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _build(tiny, cache_dir, codec="autoencoder", codec_dim=8)
+    saved = (cache_dir.with_name("c.partial") / codecs.PARAMS_FILE).read_bytes()
+    monkeypatch.setattr(build_module, "_build_split", real)
+    fits = []
+    monkeypatch.setattr(codecs, "fit", lambda *a: fits.append(a))  # a refit would fail here
+    cache = _build(tiny, cache_dir, codec="autoencoder", codec_dim=8)
+    assert not fits and (cache.path / codecs.PARAMS_FILE).read_bytes() == saved
+    assert cache.manifest["codec"]["fit_error"]["relative_l2"] > 0  # kept in the saved file's metadata
