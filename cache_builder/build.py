@@ -287,6 +287,15 @@ def _codec(partial: Path, spec: dict, given: codecs.Codec | None, lower, splits:
     return coder, error
 
 
+def _run_lower(lower, split: CacheInput, batch: list[int], pad_id: int, device: str) -> torch.Tensor:
+    """The lower part's output ``[len(batch), longest, hidden]`` for the features ``batch`` of ``split``."""
+    input_ids, mask = pad_ids([split.input_ids[i] for i in batch], pad_id)
+    types = None
+    if split.token_type_ids is not None:
+        types = pad_ids([split.token_type_ids[i] for i in batch], 0)[0].to(device)
+    return encoders.run_lower(lower, input_ids.to(device), mask.to(device), types)
+
+
 def _fit_sample(split: CacheInput, lower, pad_id: int, batch_size: int, device: str) -> torch.Tensor:
     """Up to ``codecs.FIT_TOKENS`` float32 rows of the lower part's output on the training split:
     whole features, in a seeded random order."""
@@ -302,11 +311,7 @@ def _fit_sample(split: CacheInput, lower, pad_id: int, batch_size: int, device: 
     with torch.no_grad():  # not inference_mode: the autoencoder trains on these rows
         for start in range(0, len(chosen), batch_size):
             batch = chosen[start:start + batch_size]
-            input_ids, mask = pad_ids([split.input_ids[i] for i in batch], pad_id)
-            types = None
-            if split.token_type_ids is not None:
-                types = pad_ids([split.token_type_ids[i] for i in batch], 0)[0].to(device)
-            hidden = encoders.run_lower(lower, input_ids.to(device), mask.to(device), types)
+            hidden = _run_lower(lower, split, batch, pad_id, device)
             rows.extend(hidden[row, : lengths[i]].float().cpu() for row, i in enumerate(batch))
     return torch.cat(rows)[: codecs.FIT_TOKENS]
 
@@ -350,11 +355,7 @@ def _build_split(partial: Path, name: str, split: CacheInput, lower, pad_id: int
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     with torch.inference_mode():
         for batch in tqdm(batches, desc=f"caching {name}", unit="batch", disable=None):
-            input_ids, mask = pad_ids([ids[i] for i in batch], pad_id)
-            types = None
-            if split.token_type_ids is not None:
-                types = pad_ids([split.token_type_ids[i] for i in batch], 0)[0].to(device)
-            hidden = encoders.run_lower(lower, input_ids.to(device), mask.to(device), types)
+            hidden = _run_lower(lower, split, batch, pad_id, device)
             if coder is not None:
                 hidden = coder.encode(hidden)
             for row, i in enumerate(batch):

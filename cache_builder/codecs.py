@@ -1,9 +1,9 @@
 """Compressed caches: codecs that shrink each cached row, fitted once on a sample of the training split.
 
 - ``int8``: one scale per channel (the channel's largest magnitude in the sample / 127), values
-  rounded and clipped to [-127, 127]. Per-channel, not per-token: a few outlier channels (one of
-  all-MiniLM-L6-v2 at cut 3 reaches |9.7| against a median channel maximum of 1.9) would otherwise
-  set every token's scale and waste about two bits of every other channel.
+  rounded and clipped to [-127, 127]. Per-channel, not per-token: a few outlier channels (issue 11
+  reports one of all-MiniLM-L6-v2 at cut 3 reaching |9.7| against a median channel maximum of 1.9)
+  would otherwise set every token's scale and waste bits of every other channel.
 - ``pca``: the mean and the top ``dim`` principal directions of the sample; a row is stored as its
   ``dim`` coordinates (in the cache dtype) and decoded as ``codes @ components + mean``.
 - ``autoencoder``: a linear encoder and decoder to ``dim`` values, started from the PCA solution and
