@@ -28,15 +28,19 @@ from recycling.tasks import Features
 
 class FeatureDataset(Dataset):
     """One split's features for one mode: token ids (``cached=None``) or the cached hidden states
-    (a :class:`cache_builder.CachedSplit`)."""
+    (a :class:`cache_builder.CachedSplit`); ``source`` adds another model's states aligned to the
+    token ids (a :class:`recycling.cross_model.AlignedSource`, for ``cross_model``)."""
 
-    def __init__(self, features: Features, pad_id: int, cached=None):
-        if cached is not None and len(cached) != len(features):
-            raise ValueError(f"cache has {len(cached)} features, the task produced {len(features)}")
+    def __init__(self, features: Features, pad_id: int, cached=None, source=None):
+        for what in (cached, source):
+            if what is not None and len(what) != len(features):
+                raise ValueError(f"cache has {len(what)} features, the task produced {len(features)}")
         self.features = features
         self.pad_id = pad_id
         self.cached = cached
-        self.codec = None if cached is None else cached.codec  # the model decodes the batches with it
+        self.source = source
+        # The model decodes the batches' stored rows with it (None: rows are the states themselves).
+        self.codec = next((c.codec for c in (cached, source) if c is not None), None)
         self.lengths = [len(ids) for ids in features.input_ids]
 
     def __len__(self) -> int:
@@ -51,6 +55,8 @@ class FeatureDataset(Dataset):
             item["input_ids"] = f.input_ids[i]
             if f.token_type_ids is not None:
                 item["token_type_ids"] = f.token_type_ids[i]
+        if self.source is not None:
+            item["source"], item["source_mask"] = self.source.rows(i)
         return item
 
     def collate(self, items: list[dict]) -> dict:
@@ -61,11 +67,11 @@ class FeatureDataset(Dataset):
             if key == "index":
                 continue
             values = [item[key] for item in items]
-            if key == "hidden":
-                hidden = np.zeros((len(items), width, values[0].shape[1]), dtype=values[0].dtype)
+            if key in ("hidden", "source", "source_mask"):
+                padded = np.zeros((len(items), width, *values[0].shape[1:]), dtype=values[0].dtype)
                 for row, h in enumerate(values):
-                    hidden[row, : h.shape[0]] = h
-                batch[key] = self.cached.as_torch(hidden)
+                    padded[row, : h.shape[0]] = h
+                batch[key] = self.cached.as_torch(padded) if key == "hidden" else torch.from_numpy(padded)
             elif key == "input_ids":
                 batch[key] = _pad(values, width, self.pad_id)
             elif isinstance(values[0], (list, np.ndarray)):  # token type ids, per-token targets

@@ -22,17 +22,21 @@ from recycling.files import check_plain_name, read_bytes
 
 from recycling.tasks import METRICS
 
-MODES = ("full", "semi_frozen", "adapters", "adapters_full", "lora", "lora_full")
-DEFAULT_MODES = MODES[:4]  # the paper's; the LoRA modes are opt-in
-CACHED_MODES = ("semi_frozen", "adapters", "lora")
-BASELINE_OF = {"semi_frozen": "full", "adapters": "adapters_full", "lora": "lora_full"}
+MODES = ("full", "semi_frozen", "adapters", "adapters_full", "lora", "lora_full", "cross_model")
+DEFAULT_MODES = MODES[:4]  # the paper's; the LoRA and cross-model modes are opt-in
+CACHED_MODES = ("semi_frozen", "adapters", "lora")  # read the cache of `model`'s lower layers
+# Read the cache of another model (`source_model`'s final layer) beside their own text input.
+SOURCE_MODES = ("cross_model",)
+BASELINE_OF = {"semi_frozen": "full", "adapters": "adapters_full", "lora": "lora_full", "cross_model": "full"}
 # Settings a mode never reads: a sweep over them runs that mode once, not again at every point.
 _LORA_KEYS = ("lora_rank", "lora_alpha")
 _CACHE_KEYS = ("cache_dtype", "cache_codec", "cache_codec_dim")
-IGNORED_BY = {"full": ("cut_layer", *_CACHE_KEYS, "adapter_size", *_LORA_KEYS),
-              "semi_frozen": ("adapter_size", *_LORA_KEYS), "adapters": _LORA_KEYS,
-              "adapters_full": (*_CACHE_KEYS, *_LORA_KEYS), "lora": ("adapter_size",),
-              "lora_full": (*_CACHE_KEYS, "adapter_size")}
+_OWN = {"full": ("cut_layer", *_CACHE_KEYS, "adapter_size", *_LORA_KEYS),
+        "semi_frozen": ("adapter_size", *_LORA_KEYS), "adapters": _LORA_KEYS,
+        "adapters_full": (*_CACHE_KEYS, *_LORA_KEYS), "lora": ("adapter_size",),
+        "lora_full": (*_CACHE_KEYS, "adapter_size")}
+IGNORED_BY = {mode: (*keys, "source_model") for mode, keys in _OWN.items()} | {
+    "cross_model": ("cut_layer", "adapter_size", *_LORA_KEYS)}
 CODECS = ("int8", "pca", "autoencoder")  # cache_builder.codecs
 DIM_CODECS = ("pca", "autoencoder")
 POOLINGS = ("cls", "mean")
@@ -97,6 +101,9 @@ class ExperimentConfig:
     # and value projections (recycling.models.LORA_TARGETS); the update is (alpha / r) * B A.
     lora_rank: int = 8
     lora_alpha: float = 16.0
+    # cross_model: the model whose final-layer states (cached) are projected and added to `model`'s
+    # input embeddings (recycling/cross_model.py); hub id, local folder or offline:<name>.
+    source_model: typing.Optional[str] = None
     head_dropout: float = 0.1
     pooling: typing.Optional[str] = None  # cls | mean (sequence heads); default cls, mean for T5
     device: typing.Optional[str] = None  # default: cuda if available, else cpu
@@ -200,6 +207,12 @@ class ExperimentConfig:
         for key in ("max_answer_length", "n_best"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be at least 1, got {getattr(self, key)}")
+        if "cross_model" in self.modes and self.source_model is None:
+            raise bad("modes", "has cross_model, which needs source_model (the model whose cached states it reads)")
+        if "cross_model" in self.modes and self.task in WINDOWED_TASKS:
+            # Two tokenizers cut a long text into different windows: features would not pair up.
+            raise bad("modes", f"has cross_model, which needs one feature per example; task {self.task} "
+                               "splits long texts into windows")
         if self.task in WINDOWED_TASKS and not 0 <= self.window_stride < self.max_length // 2:
             raise bad("window_stride", f"must be in [0, max_length/2), got {self.window_stride}")
 

@@ -228,12 +228,17 @@ class CachedEmbeddings(nn.Module):
 
 
 def lower_part(model: nn.Module, cut_layer: int) -> nn.Module:
-    """A frozen copy of embeddings + layers ``0..cut_layer-1``; ``model`` is left unchanged."""
-    check_cut(model, cut_layer)
+    """A frozen copy of embeddings + layers ``0..cut_layer-1``; ``model`` is left unchanged.
+
+    ``cut_layer`` may also be the number of layers: the whole encoder, final norm included (a
+    cross-model source caches its final states).
+    """
+    if cut_layer != num_layers(model):
+        check_cut(model, cut_layer)
     arch = architecture(model)
     lower = copy.deepcopy(model)
     _set(lower, arch.layers, nn.ModuleList(list(_get(lower, arch.layers))[:cut_layer]))
-    if arch.final_norm is not None:
+    if arch.final_norm is not None and cut_layer < num_layers(model):
         # The stack's final norm belongs to the last layer, not to layer k-1 (see Architecture).
         _get(lower, arch.final_norm)  # a wrong path must fail here, not set an unused attribute
         _set(lower, arch.final_norm, nn.Identity())
@@ -319,6 +324,13 @@ def below_cut(model: nn.Module, cut_layer: int) -> list[nn.Module]:
     extra = (getattr(model, "embeddings", None), getattr(model, "embeddings_project", None),
              getattr(getattr(model, "encoder", None), "conv", None))
     return [*(m for m in extra if m is not None), *lower_layers]
+
+
+def run_embedded(encoder: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The whole encoder on given token embeddings (what its embedding layer would look up)."""
+    extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+    return encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **extra).last_hidden_state
 
 
 def run_upper(upper: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@
   (baseline: only the cache differs).
 - ``lora``: layers >= k frozen with LoRA updates of their attention's query and value projections
   (peft), trained from the cache; ``lora_full`` is its baseline from text, as for adapters.
+- ``cross_model``: every layer fine-tuned from text, each token's input embedding plus a learned
+  projection of another model's cached final states (``recycling.cross_model``); baseline ``full``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 
 from recycling import encoders
 from recycling.config import CACHED_MODES, MODES, ExperimentConfig
+from recycling.cross_model import Bridge
 from recycling.errors import UserError
 
 ADAPTER_NAME = "recycling"
@@ -34,11 +37,13 @@ class TaskModel(nn.Module):
     ``adapters_full`` and ``adapters`` differ in nothing but where layer k's input comes from.
     """
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, cached: bool, frozen: list[nn.Module] = ()):
+    def __init__(self, encoder: nn.Module, head: nn.Module, cached: bool, frozen: list[nn.Module] = (),
+                 bridge: nn.Module | None = None):
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.cached = cached
+        self.bridge = bridge  # cross_model: projects the batch's "source" states onto the input embeddings
         self.frozen = list(frozen)  # a plain list: these modules are already registered in encoder
         # A compressed cache's decoder (cache_builder.codecs), set by whoever pairs the model with its
         # cache: it decodes each batch on the model's device. Its tensors are not in the state dict.
@@ -55,6 +60,11 @@ class TaskModel(nn.Module):
         if self.cached:
             hidden = batch["hidden"] if self.codec is None else self.codec(batch["hidden"])
             hidden = encoders.run_upper(self.encoder, hidden.to(self.head_dtype), mask)
+        elif self.bridge is not None:
+            source = batch["source"] if self.codec is None else self.codec(batch["source"])
+            embeds = self.encoder.get_input_embeddings()(batch["input_ids"])
+            embeds = embeds + self.bridge(source.to(embeds.dtype), batch["source_mask"])
+            hidden = encoders.run_embedded(self.encoder, embeds, mask, batch.get("token_type_ids"))
         else:
             hidden = encoders.run_lower(self.encoder, batch["input_ids"], mask, batch.get("token_type_ids"))
         return self.head(hidden, mask)
@@ -172,15 +182,16 @@ _DEFAULT = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
 @dataclasses.dataclass(frozen=True)
 class UpperSettings:
     """What the upper part's trainable extras read: the adapters' width, LoRA's rank and scale
-    (defaults: the config's)."""
+    (defaults: the config's), and the width of a cross-model source's states."""
 
     adapter_size: int = _DEFAULT["adapter_size"]
     lora_rank: int = _DEFAULT["lora_rank"]
     lora_alpha: float = _DEFAULT["lora_alpha"]
+    source_size: int | None = None
 
     @classmethod
-    def of(cls, config) -> "UpperSettings":
-        return cls(config.adapter_size, config.lora_rank, config.lora_alpha)
+    def of(cls, config, source_size: int | None = None) -> "UpperSettings":
+        return cls(config.adapter_size, config.lora_rank, config.lora_alpha, source_size)
 
 
 def build_model(mode: str, base: nn.Module, cut_layer: int, make_head: Callable[[], nn.Module],
@@ -203,7 +214,12 @@ def build_model(mode: str, base: nn.Module, cut_layer: int, make_head: Callable[
     frozen = encoders.below_cut(encoder, cut_layer) if mode in ("adapters_full", "lora_full") else []
     if mode in CACHED_MODES:
         encoder = encoders.upper_part(encoder, cut_layer)
-    return TaskModel(encoder, make_head(), cached=mode in CACHED_MODES, frozen=frozen)
+    head, bridge = make_head(), None
+    if mode == "cross_model":  # after the head: it starts exactly as full's of the same seed
+        if upper.source_size is None:
+            raise ValueError("cross_model needs the width of the source's states (UpperSettings.source_size)")
+        bridge = Bridge(upper.source_size, encoders.hidden_size(encoder))
+    return TaskModel(encoder, head, cached=mode in CACHED_MODES, frozen=frozen, bridge=bridge)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from cache_builder import task_cache
-from recycling import encoders, hostmem, saved
+from recycling import cross_model, encoders, hostmem, saved
 from recycling.batches import FeatureDataset, make_loader
-from recycling.config import CACHED_MODES, check_against_model, check_device
+from recycling.config import CACHED_MODES, SOURCE_MODES, check_against_model, check_device
 from recycling.encoders import load_encoder
 from recycling.errors import UserError, exit_code
 from recycling.tasks import get_task
@@ -86,6 +86,13 @@ def predict(args: argparse.Namespace) -> dict:
         if config.verify_cache:
             cache.verify()
         dataset = FeatureDataset(features[SPLIT], pad_id, cache.split(SPLIT))
+    if info["mode"] in SOURCE_MODES:
+        aligned, _ = cross_model.source_splits(config, task, data, features, tokenizer,
+                                                    cache_root=args.cache_root, device=device, dataset=path.stem,
+                                                    cache_dir=args.cache_dir, verify=config.verify_cache,
+                                                    codec_given=saved.load_codec(args.model, info),
+                                                    trained_on=info["source_weights_sha256"])
+        dataset = FeatureDataset(features[SPLIT], pad_id, source=aligned[SPLIT])
     model = saved.load(args.model, info, config, base, task, data)
     model.codec = dataset.codec
     model.to(device)

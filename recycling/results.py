@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from recycling.config import BASELINE_OF, CACHED_MODES
+from recycling.config import BASELINE_OF, CACHED_MODES, SOURCE_MODES
 from recycling.errors import UserError
 from recycling.files import locked, write_text
 from recycling.metrics import mean_std
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 PACKAGES = ("torch", "transformers", "adapters", "peft", "numpy", "scikit-learn", "seqeval", "embedding-recycling")
 SUMMARY_COLUMNS = ("task", "dataset", "model", "cut_layer", "mode", "n_seeds", "metric", "test_mean",
                    "test_std", "dev_mean", "train_epoch_s", "train_speedup", "infer_s", "infer_speedup",
-                   "cache_build_s", "cache_bytes", "codec", "bytes_per_token", "device", "experiment")
+                   "cache_build_s", "cache_bytes", "codec", "bytes_per_token", "source_model", "device", "experiment")
 
 
 def git_sha() -> str:
@@ -107,11 +107,12 @@ def _mode_row(result: dict, mode: str, device: str, runs: list[dict]) -> dict:
         "test_std": "" if test_std is None else round(100 * test_std, 2),
         "dev_mean": round(100 * dev_mean, 2), "train_epoch_s": round(epoch_s, 2),
         "train_speedup": "", "infer_s": round(infer_s, 3), "infer_speedup": "",
-        "cache_build_s": "", "cache_bytes": "", "codec": "", "bytes_per_token": "", "device": device,
+        "cache_build_s": "", "cache_bytes": "", "codec": "", "bytes_per_token": "",
+        "source_model": config.get("source_model") or "" if mode in SOURCE_MODES else "", "device": device,
         "experiment": result["experiment"],
     }
-    cache = result.get("cache")
-    if mode in CACHED_MODES and cache:
+    cache = result.get("source_cache") if mode in SOURCE_MODES else result.get("cache") if mode in CACHED_MODES else None
+    if cache:
         row["cache_build_s"] = cache["build_seconds"]
         row["cache_bytes"] = cache["bytes"]
         # Files from before codecs: the cache dtype, and no token count to divide by.

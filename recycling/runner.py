@@ -21,10 +21,10 @@ import torch
 
 from cache_builder import CacheInput, task_cache
 from cache_builder.build import inputs_sha256
-from recycling import encoders, hostmem, saved, sweep
+from recycling import cross_model, encoders, hostmem, saved, sweep
 from recycling.batches import FeatureDataset, make_loader
-from recycling.config import (CACHED_MODES, IGNORED_BY, LEGACY_DEFAULTS, NOT_COMPUTATION, ExperimentConfig,
-                              check_against_model, load_config)
+from recycling.config import (CACHED_MODES, IGNORED_BY, LEGACY_DEFAULTS, NOT_COMPUTATION, SOURCE_MODES,
+                              ExperimentConfig, check_against_model, load_config)
 from recycling.encoders import load_encoder
 from recycling.errors import UserError, exit_code
 from recycling.files import inside, locked, writable_dir, write_json
@@ -100,12 +100,20 @@ def _task_cache(config: ExperimentConfig, features: dict[str, Features], base, t
                       device=device, codec=config.cache_codec, codec_dim=config.cache_codec_dim)
 
 
+def cache_record(cache) -> dict:
+    """What a result file records of a cache its runs read."""
+    return {"path": str(cache.path), "build_seconds": cache.manifest["build_seconds"], "bytes": cache.nbytes(),
+            "tokens": cache.tokens, "codec": cache.label,
+            "codec_fit_error": (cache.manifest.get("codec") or {}).get("fit_error"), "fingerprint": cache.fingerprint}
+
+
 def train_model(mode: str, seed: int, config: ExperimentConfig, task: Task, data, base, splits: dict,
                 features: dict[str, Features], device, checkpoint: Checkpoint | None = None):
     """A fresh model for ``mode`` trained on ``splits["train"]`` (datasets for this mode), the epoch
     kept chosen on ``splits["dev"]``; returns ``(model, history)``."""
+    source = splits["train"].source
     model = build_model(mode, base, config.cut_layer, lambda: task.head(data, base, config),
-                        UpperSettings.of(config), seed)
+                        UpperSettings.of(config, source and source.size), seed)
     model.codec = splits["train"].codec
     model.to(device)
     if config.compile:
@@ -276,7 +284,7 @@ def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, exper
     if args.save_models:
         models_dir = inside(args.save_models, writable_dir(args.save_models, "--save-models") / run_dir,
                             "the model folder")
-    if any(mode in CACHED_MODES for mode in config.modes) and not config.cache_dir:
+    if any(mode in CACHED_MODES + SOURCE_MODES for mode in config.modes) and not config.cache_dir:
         writable_dir(args.cache_root, "--cache-root")
     inputs = inputs_identity(features, base)
     pad_id = tokenizer.pad_token_id or 0
@@ -287,6 +295,13 @@ def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, exper
     if any(mode in CACHED_MODES for mode in config.modes):
         cache = cache_of(config, features, base, tokenizer, args.cache_root, device)
         cached_splits = {s: FeatureDataset(features[s], pad_id, cache.split(s)) for s in SPLITS}
+    # ... and, for cross_model, the cache of the source model's final states, in this model's tokens
+    source_cache, source_splits = None, None
+    if any(mode in SOURCE_MODES for mode in config.modes):
+        aligned, source_cache = cross_model.source_splits(config, task, data, features, tokenizer,
+                                                          cache_root=args.cache_root, device=device,
+                                                          verify=config.verify_cache)
+        source_splits = {s: FeatureDataset(features[s], pad_id, source=aligned[s]) for s in SPLITS}
 
     # 3. every mode for every seed; seed-major, so an interrupted run has comparable pairs
     result = {
@@ -294,16 +309,16 @@ def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, exper
         "complete": False,
         "provenance": provenance(config, sources, device),
         **task.describe(data),
-        "cache": None if cache is None else {
-            "path": str(cache.path), "build_seconds": cache.manifest["build_seconds"],
-            "bytes": cache.nbytes(), "tokens": cache.tokens, "codec": cache.label,
-            "codec_fit_error": (cache.manifest.get("codec") or {}).get("fit_error"), "fingerprint": cache.fingerprint},
+        "cache": None if cache is None else cache_record(cache),
+        **({} if source_cache is None else {"source_cache": cache_record(source_cache)}),
         "runs": {mode: [] for mode in config.modes},
     }
     result["provenance"]["inputs"] = inputs
     previous = previous_result(out_path, result["provenance"]["config"], inputs) or {"runs": {}, "cache": None}
     done = {(mode, run["seed"]): run for mode, runs in previous["runs"].items() for run in runs}
     result["cache"] = result["cache"] or previous["cache"]  # a narrower rerun may not need the cache
+    if previous.get("source_cache") and not result.get("source_cache"):
+        result["source_cache"] = previous["source_cache"]
     for (mode, seed), run in done.items():  # keep earlier runs beyond this invocation's seeds and modes
         if mode not in config.modes or seed not in config.seeds:
             result["runs"].setdefault(mode, []).append(run)
@@ -314,7 +329,7 @@ def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, exper
                 result["runs"][mode].append(done[mode, seed])
                 continue
             logger.info("%s: mode %s, seed %d", experiment, mode, seed)
-            splits = cached_splits if mode in CACHED_MODES else text_splits
+            splits = cached_splits if mode in CACHED_MODES else source_splits if mode in SOURCE_MODES else text_splits
             checkpoint = Checkpoint(checkpoints / f"{mode}-seed{seed}.pt", run_identity(mode, seed, config, inputs),
                                     args.resume)
             if checkpoint.path.is_file() and not args.resume:
@@ -325,7 +340,9 @@ def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, exper
                 aside = save_to.with_name(f"{save_to.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
                 os.replace(save_to, aside)
                 logger.warning("%s held an earlier model of this run: moved to %s", save_to, aside.name)
-            lower_sha = cache.fingerprint["lower_weights_sha256"] if cache is not None else None
+            # What a saved model's cached input must come from: this model's lower part, or the source model.
+            read = cache if mode in CACHED_MODES else source_cache if mode in SOURCE_MODES else None
+            lower_sha = read.fingerprint["lower_weights_sha256"] if read is not None else None
             result["runs"][mode].append(run_one(mode, seed, config, task, data, base, splits, features, device,
                                                 where, checkpoint, save_to, lower_sha))
             write_json(out_path, result)

@@ -2,7 +2,8 @@
 
 A folder holds ``model.safetensors`` (the upper layers, or the whole encoder in a text mode, with
 adapters and head) and ``model.json`` (mode, resolved config, task description and, for cached
-modes, the SHA-256 of the lower part whose cache it reads). A model trained on a compressed cache
+modes, the SHA-256 of the lower part whose cache it reads; for ``cross_model``, that of the source
+model and the width of its states). A model trained on a compressed cache
 also keeps its codec (``codec.safetensors``): new data must be encoded exactly as its training data was. Loading rebuilds the same model from
 the pretrained encoder and restores the weights strictly.
 """
@@ -20,7 +21,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from cache_builder import codecs
 from cache_builder.build import tensors_sha256
 
-from recycling.config import CACHED_MODES, MODES, ExperimentConfig, from_dict
+from recycling.config import CACHED_MODES, MODES, SOURCE_MODES, ExperimentConfig, from_dict
 from recycling.errors import UserError
 from recycling.files import atomic_path, write_json
 from recycling.models import TaskModel, UpperSettings, build_model
@@ -36,6 +37,8 @@ def save(folder: str | Path, model: TaskModel, mode: str, config: ExperimentConf
     folder = Path(folder)
     info = {"format": FORMAT, "mode": mode, "cut_layer": config.cut_layer, "config": dataclasses.asdict(config),
             "data": description, "lower_weights_sha256": lower_weights_sha256 if mode in CACHED_MODES else None}
+    if model.bridge is not None:  # cross_model: the source model its cached input comes from, and its width
+        info |= {"source_weights_sha256": lower_weights_sha256, "source_size": model.bridge.net[0].in_features}
     if model.codec is not None:
         tensors = model.codec.tensors()
         folder.mkdir(parents=True, exist_ok=True)
@@ -85,7 +88,10 @@ def read_info(folder: str | Path) -> tuple[dict, ExperimentConfig]:
     config = from_dict(info.get("config"), str(folder / INFO))
     if info["mode"] in CACHED_MODES and not isinstance(info.get("lower_weights_sha256"), str):
         raise UserError(f"{folder / INFO} has no fingerprint of the lower part its cache must come from")
-    if (config.cache_codec is not None and info["mode"] in CACHED_MODES) != ("codec" in info):
+    if info["mode"] in SOURCE_MODES and not (isinstance(info.get("source_weights_sha256"), str)
+                                             and isinstance(info.get("source_size"), int)):
+        raise UserError(f"{folder / INFO} has no fingerprint or width of the source model its input comes from")
+    if (config.cache_codec is not None and info["mode"] in CACHED_MODES + SOURCE_MODES) != ("codec" in info):
         raise UserError(f"{folder / INFO} does not match its config's cache_codec ({config.cache_codec})")
     return info, config
 
@@ -108,7 +114,7 @@ def load(folder: str | Path, info: dict, config: ExperimentConfig, base, task, d
     """The saved model (``info, config = read_info(folder)``), rebuilt on ``base``, the pretrained
     encoder named in its config."""
     model = build_model(info["mode"], base, config.cut_layer, lambda: task.head(data, base, config),
-                        UpperSettings.of(config), seed=0)
+                        UpperSettings.of(config, info.get("source_size")), seed=0)
     try:
         load_model(model, str(Path(folder) / WEIGHTS), strict=True)
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:  # a damaged file; other shapes or names

@@ -9,17 +9,20 @@ from pathlib import Path
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 
-def save_tiny_bert(folder: Path, seed: int = 0, layers: int = 4) -> Path:
+def save_tiny_bert(folder: Path, seed: int = 0, layers: int = 4, words: tuple[str, ...] = (),
+                   hidden_size: int = 32) -> Path:
+    """Characters are tokens; ``words`` added to the vocabulary become single tokens (another
+    tokenization of the same text)."""
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
     chars = string.ascii_lowercase + string.digits + string.punctuation
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(chars) + [f"##{c}" for c in chars]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(chars) + [f"##{c}" for c in chars] + list(words)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=512)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=layers,
+                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=512)
     BertModel(config).save_pretrained(folder)
     return folder
 

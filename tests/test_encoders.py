@@ -33,10 +33,12 @@ def test_lower_part_is_frozen_copy():
     assert encoders.num_layers(model) == 4  # the source model is untouched
 
 
-@pytest.mark.parametrize("cut", [0, 4, -1])
+@pytest.mark.parametrize("cut", [0, 5, -1])
 def test_cut_out_of_range_is_a_clear_error(cut):
     with pytest.raises(UserError, match="0 < cut_layer < 4"):
         encoders.lower_part(tiny_model("bert"), cut)
+    with pytest.raises(UserError, match="0 < cut_layer < 4"):
+        encoders.upper_part(tiny_model("bert"), 4)  # a lower part of every layer leaves nothing to train
 
 
 def test_unknown_architecture_is_a_clear_error():
