@@ -8,6 +8,10 @@ or name the inputs directly::
 
     python -m cache_builder --task ner --dataset bc5cdr --model offline:all-MiniLM-L6-v2 --cut-layer 3 --data-dir DATA
 
+Several processes (GPUs, or nodes sharing the cache folder) split the batches between them::
+
+    accelerate launch --num_processes 4 -m cache_builder EXP.yaml --data-dir DATA
+
 Check a built cache, rereading every byte against the checksums in its manifest::
 
     python -m cache_builder verify caches/ner/bc5cdr/<folder>
@@ -91,7 +95,7 @@ def main(argv=None) -> int:
         return verify(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from recycling import hostmem
+    from recycling import distributed, hostmem
     from recycling.config import check_against_model
     from recycling.encoders import load_encoder
     from recycling.runner import cache_of, load_features
@@ -107,7 +111,9 @@ def main(argv=None) -> int:
         model, tokenizer = load_encoder(config.model, config.trust_remote_code)
         check_against_model(config, model, tokenizer)
         features = load_features(task, data, tokenizer, config)
-        print(cache_of(config, features, model, tokenizer, args.cache_root, config.device).path)
+        cache = cache_of(config, features, model, tokenizer, args.cache_root, config.device)
+        if distributed.processes().main:  # under accelerate launch, one line for the whole job
+            print(cache.path)
 
     return exit_code(build)
 

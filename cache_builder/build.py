@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,8 +23,9 @@ from safetensors.torch import save_file
 from cache_builder import codecs
 from cache_builder.store import (ARRAYS, DTYPES, FORMAT_VERSION, MANIFEST, NO_ROOM, SPLIT_RECORD, ActivationCache,
                                  SplitWriter, file_records, fsync_file, human_size)
-from recycling import encoders
+from recycling import distributed, encoders
 from recycling.batches import pad_ids
+from recycling.distributed import Processes
 from recycling.errors import UserError
 from recycling.files import file_sha256, fsync_dir, inside, locked, write_json
 from recycling.results import device_name
@@ -151,16 +153,22 @@ def _read_json_object(path: Path) -> dict | None:
 def build_cache(cache_dir: str | Path, model_name: str, model, cut_layer: int, splits: dict[str, CacheInput],
                 pad_id: int = 0, dtype: str = "float16", batch_size: int = 64, device: str | None = None,
                 extra: dict | None = None, codec: str | None = None, codec_dim: int | None = None,
-                codec_given: codecs.Codec | None = None) -> ActivationCache:
+                codec_given: codecs.Codec | None = None, procs: Processes | None = None) -> ActivationCache:
     """Return the cache for these inputs at ``cache_dir``, building it only if it is missing.
 
     ``model`` comes from ``recycling.encoders.load_encoder(model_name)`` and is not modified;
     ``pad_id`` is the tokenizer's padding id. ``extra`` is recorded in the manifest, not compared.
     ``codec`` (with ``codec_dim`` for pca and autoencoder) stores compressed rows: the codec is
     fitted on a sample of the ``train`` split, or is ``codec_given`` (a saved model's) as it is.
-    One process builds a given cache at a time (a lock file ``<cache_dir>.lock`` beside it, removed
+    One job builds a given cache at a time (a lock file ``<cache_dir>.lock`` beside it, removed
     once the cache is complete); another waits, then reuses what the first built.
+
+    Under ``accelerate launch`` (``procs``: default, this job's processes) every process calls
+    this: the batches are dealt out in turn, each process writes its own features' rows, and the
+    main process alone holds the lock and writes the records, so the cache is the one a single
+    process builds, byte for byte. An interrupted build resumes with the rows every process finished.
     """
+    procs = procs or distributed.processes()
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
     cache_dir = Path(cache_dir)
@@ -171,19 +179,21 @@ def build_cache(cache_dir: str | Path, model_name: str, model, cut_layer: int, s
     fp = fingerprint(model_name, lower, cut_layer, dtype, splits, spec)
 
     # Reusing a complete cache needs no lock (it is never modified), nor a writable parent folder.
-    if (cache_dir / MANIFEST).is_file():
+    # Every process follows what the main process finds.
+    if procs.share((cache_dir / MANIFEST).is_file()):
         return _reuse(cache_dir, fp)
     lock = cache_dir.with_name(cache_dir.name + ".lock")
-    with locked(lock, f"cache {cache_dir}"):
+    with locked(lock, f"cache {cache_dir}") if procs.main else contextlib.nullcontext():
         # Whoever held the lock before may have just finished this very cache.
-        if (cache_dir / MANIFEST).is_file():
+        if procs.share((cache_dir / MANIFEST).is_file()):
             cache = _reuse(cache_dir, fp)
         else:
             cache = _build_or_explain(cache_dir, model_name, lower, cut_layer, splits, fp, pad_id, dtype,
-                                      batch_size, device, extra, codec_given)
+                                      batch_size, device, extra, codec_given, procs)
         # The cache is complete, so whoever still waits on this file will find the manifest and
         # only reuse it: the file can go. A failed or killed build leaves it for the next one.
-        lock.unlink(missing_ok=True)
+        if procs.main:
+            lock.unlink(missing_ok=True)
         return cache
 
 
@@ -203,28 +213,32 @@ def _build_or_explain(cache_dir: Path, *args) -> ActivationCache:
 
 def _build_locked(cache_dir: Path, model_name: str, lower, cut_layer: int, splits: dict[str, CacheInput], fp: dict,
                   pad_id: int, dtype: str, batch_size: int, device: str | None, extra: dict | None,
-                  codec_given: codecs.Codec | None) -> ActivationCache:
+                  codec_given: codecs.Codec | None, procs: Processes) -> ActivationCache:
     partial = cache_dir.with_name(cache_dir.name + ".partial")
     if partial.is_symlink():  # never write a build through a link planted at our temporary name
         raise UserError(f"{partial} is a symbolic link; delete it, then rerun")
     fp_file = partial / "fingerprint.json"
-    if partial.is_dir():
-        old = _read_json_object(fp_file)
-        if old != fp:
-            logger.warning("discarding unfinished cache %s: %s", partial,
-                           "built for other inputs" if old else "its fingerprint.json is missing or unreadable")
-            shutil.rmtree(partial)
-        else:
-            logger.info("resuming unfinished cache %s", partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    write_json(fp_file, fp)
+    if procs.main:
+        if partial.is_dir():
+            old = _read_json_object(fp_file)
+            if old != fp:
+                logger.warning("discarding unfinished cache %s: %s", partial,
+                               "built for other inputs" if old else "its fingerprint.json is missing or unreadable")
+                shutil.rmtree(partial)
+            else:
+                logger.info("resuming unfinished cache %s", partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        write_json(fp_file, fp)
+    procs.wait()
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or procs.device or ("cuda" if torch.cuda.is_available() else "cpu")
     lower.to(device)
     started = time.perf_counter()
     coder, codec_record = None, None
     if "codec" in fp:
-        coder, error = _codec(partial, fp["codec"], codec_given, lower, splits, pad_id, dtype, batch_size, device)
+        with procs.main_first():  # the main process fits and saves the codec; the others read it
+            coder, error = _codec(partial, fp["codec"], codec_given, lower, splits, pad_id, dtype, batch_size,
+                                  device)
         params = partial / codecs.PARAMS_FILE
         codec_record = {"name": coder.name, "dim": fp["codec"]["dim"], "width": coder.width,
                         "storage": "int8" if coder.name == "int8" else dtype,
@@ -232,8 +246,11 @@ def _build_locked(cache_dir: Path, model_name: str, lower, cut_layer: int, split
         coder.to(device)
     stats = {}
     for name, split in splits.items():
-        stats[name] = _build_split(partial, name, split, lower, pad_id, dtype, batch_size, device, coder)
+        stats[name] = _build_split(partial, name, split, lower, pad_id, dtype, batch_size, device, coder, procs)
     seconds = time.perf_counter() - started
+    if not procs.main:
+        procs.wait()  # until the main process has published the cache
+        return ActivationCache(cache_dir)
 
     manifest = {
         "fingerprint": fp,
@@ -251,7 +268,9 @@ def _build_locked(cache_dir: Path, model_name: str, lower, cut_layer: int, split
     write_json(partial / MANIFEST, manifest)
     os.replace(partial, cache_dir)
     fsync_dir(cache_dir.parent)  # a power cut must not undo the publish
-    logger.info("built cache %s in %.1fs", cache_dir, seconds)
+    logger.info("built cache %s in %.1fs%s", cache_dir, seconds,
+                f" ({procs.world} processes)" if procs.world > 1 else "")
+    procs.wait()
     return ActivationCache(cache_dir)
 
 
@@ -317,55 +336,85 @@ def _fit_sample(split: CacheInput, lower, pad_id: int, batch_size: int, device: 
 
 
 def _build_split(partial: Path, name: str, split: CacheInput, lower, pad_id: int, dtype: str,
-                 batch_size: int, device: str, coder: codecs.Codec | None = None) -> dict:
+                 batch_size: int, device: str, coder: codecs.Codec | None = None,
+                 procs: Processes = distributed.SINGLE) -> dict:
     """Write one split into ``partial/name``; a split folder only appears once it is complete.
 
-    Returns the split's stats with its files' sizes and SHA-256, as the manifest records them.
+    Returns the split's stats with its files' sizes and SHA-256, as the manifest records them (in
+    the main process; the others' ``files`` are None). The batches are the same whatever the number
+    of processes, dealt out in turn; each process marks its share done in the unfinished folder, so
+    a resumed build (with as many processes) recomputes only the shares not marked.
     """
     final = partial / name
     ids = split.input_ids
     lengths = [len(r) for r in ids]
     stats = {"features": len(ids), "tokens": int(sum(lengths))}
-    if final.is_dir():
-        files = _finished_files(final, stats)
-        if files is not None:
-            return {**stats, "files": files}
-        logger.warning("rebuilding split %s of unfinished cache %s: its record is missing or does not match",
-                       name, partial)
-        shutil.rmtree(final)
+    files = procs.share(_finished_files(final, stats) if procs.main and final.is_dir() else None)
+    if files is not None:
+        return {**stats, "files": files}
     tmp = partial / (name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     width = encoders.hidden_size(lower) if coder is None else coder.width
     if coder is not None and coder.name == "int8":
         dtype = "int8"
+    if procs.main:
+        if final.is_dir():
+            logger.warning("rebuilding split %s of unfinished cache %s: its record is missing or does not match",
+                           name, partial)
+            shutil.rmtree(final)
+        _allocate(tmp, lengths, width, dtype, procs.world)
+    procs.wait()
+    done = tmp / f"done-{procs.rank}-of-{procs.world}"
+    if done.exists():
+        logger.info("split %s: rows of process %d were written before the interruption", name, procs.rank)
+    else:
+        # Longest first: similar lengths share a batch (little padding), and memory peaks at once.
+        order = sorted(range(len(ids)), key=lambda i: -lengths[i])
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)][procs.rank::procs.world]
+        writer = SplitWriter.reopen(tmp, dtype)
+        with torch.inference_mode():
+            for batch in tqdm(batches, desc=f"caching {name}", unit="batch", disable=None if procs.main else True):
+                hidden = _run_lower(lower, split, batch, pad_id, device)
+                if coder is not None:
+                    hidden = coder.encode(hidden)
+                for row, i in enumerate(batch):
+                    writer.write(i, hidden[row, : lengths[i]])
+        writer.close()  # fsyncs both arrays
+        done.touch()
+        fsync_dir(tmp)
+    procs.wait()
+    if not procs.main:
+        return {**stats, "files": None}
+    files = file_records(tmp)
+    write_json(tmp / SPLIT_RECORD, {**stats, "files": files})  # fsyncs it and the folder
+    for note in (*tmp.glob("done-*"), tmp / "layout.json"):  # the build's notes, not part of the cache
+        note.unlink()
+    os.replace(tmp, final)
+    fsync_dir(partial)
+    return {**stats, "files": files}
+
+
+def _allocate(tmp: Path, lengths: list[int], width: int, dtype: str, processes: int) -> None:
+    """The unfinished split's arrays, allocated whole, unless an interrupted build by as many
+    processes left them (its ``layout.json`` is written only once they exist)."""
+    layout = {"tokens": int(sum(lengths)), "features": len(lengths), "width": width, "dtype": dtype,
+              "processes": processes}
+    if tmp.exists():
+        if _read_json_object(tmp / "layout.json") == layout:
+            return
+        shutil.rmtree(tmp)
     try:
-        writer = SplitWriter(tmp, lengths, width, dtype)
+        SplitWriter(tmp, lengths, width, dtype).close()
     except OSError as err:
         if err.errno not in NO_ROOM:
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # give back what was reserved before the failure
+        partial = tmp.parent
         cache_dir = partial.with_name(partial.name.removesuffix(".partial"))
         free = shutil.disk_usage(partial).free
         raise UserError(f"not enough disk space for the cache at {cache_dir}: need "
-                        f"{human_size(SplitWriter.nbytes(lengths, width, dtype))} for split {name}, "
+                        f"{human_size(SplitWriter.nbytes(lengths, width, dtype))} for split {tmp.stem}, "
                         f"{human_size(free)} free ({err.strerror})") from None
-    # Longest first: similar lengths share a batch (little padding), and memory peaks at once.
-    order = sorted(range(len(ids)), key=lambda i: -lengths[i])
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    with torch.inference_mode():
-        for batch in tqdm(batches, desc=f"caching {name}", unit="batch", disable=None):
-            hidden = _run_lower(lower, split, batch, pad_id, device)
-            if coder is not None:
-                hidden = coder.encode(hidden)
-            for row, i in enumerate(batch):
-                writer.write(i, hidden[row, : lengths[i]])
-    writer.close()  # fsyncs both arrays
-    files = file_records(tmp)
-    write_json(tmp / SPLIT_RECORD, {**stats, "files": files})  # fsyncs it and the folder
-    os.replace(tmp, final)
-    fsync_dir(partial)
-    return {**stats, "files": files}
+    write_json(tmp / "layout.json", layout)
 
 
 def _finished_files(folder: Path, stats: dict) -> dict | None:

@@ -96,21 +96,40 @@ def to_storage(hidden: torch.Tensor, dtype: str) -> np.ndarray:
 
 
 class SplitWriter:
-    """Fills the arrays of one split; rows may arrive in any order."""
+    """Fills the arrays of one split; rows may arrive in any order.
+
+    Rows are written with ``pwrite`` at their place in ``hidden.npy``, which is allocated whole
+    when the writer is created: several processes (on one machine or on several sharing the
+    folder) may each reopen the split and write their own features' rows.
+    """
 
     def __init__(self, folder: Path, lengths: list[int], hidden_size: int, dtype: str):
         """Raises OSError (errno in NO_ROOM) when the disk has no room for the whole split."""
         folder.mkdir(parents=True, exist_ok=True)
-        self.folder = folder
-        self.dtype = dtype
-        self.offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=self.offsets[1:])
-        np.save(folder / "offsets.npy", self.offsets)
-        self.hidden = np.lib.format.open_memmap(
-            folder / "hidden.npy", mode="w+", dtype=NUMPY_STORAGE[dtype],
-            shape=(int(self.offsets[-1]), hidden_size),
-        )
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        np.save(folder / "offsets.npy", offsets)
+        # open_memmap only writes the header and sizes the file; rows go through pwrite.
+        header = np.lib.format.open_memmap(folder / "hidden.npy", mode="w+", dtype=NUMPY_STORAGE[dtype],
+                                           shape=(int(offsets[-1]), hidden_size))
+        del header
         reserve(folder / "hidden.npy")
+        self._open(folder, dtype)
+
+    @classmethod
+    def reopen(cls, folder: Path, dtype: str) -> "SplitWriter":
+        """A writer of a split another writer (maybe another process's) created."""
+        writer = cls.__new__(cls)
+        writer._open(folder, dtype)
+        return writer
+
+    def _open(self, folder: Path, dtype: str) -> None:
+        self.folder, self.dtype = folder, dtype
+        self.offsets = np.load(folder / "offsets.npy")
+        layout = np.load(folder / "hidden.npy", mmap_mode="r")  # only to read where the rows start
+        self.start, self.row_bytes = layout.offset, layout.shape[1] * layout.dtype.itemsize
+        del layout
+        self.fd = os.open(folder / "hidden.npy", os.O_WRONLY)
 
     @staticmethod
     def nbytes(lengths: list[int], hidden_size: int, dtype: str) -> int:
@@ -122,14 +141,17 @@ class SplitWriter:
         start, end = self.offsets[index], self.offsets[index + 1]
         if rows.shape[0] != end - start:
             raise ValueError(f"example {index}: {rows.shape[0]} rows for {end - start} tokens")
-        self.hidden[start:end] = to_storage(rows, self.dtype)
+        data = np.ascontiguousarray(to_storage(rows, self.dtype)).tobytes()
+        position = self.start + int(start) * self.row_bytes
+        while data:  # pwrite may write less than asked
+            written = os.pwrite(self.fd, data, position)
+            data, position = data[written:], position + written
 
     def close(self) -> None:
-        """Flush and fsync both arrays: the split may be published (renamed) right after."""
-        self.hidden.flush()
-        del self.hidden
-        for name in ARRAYS:
-            fsync_file(self.folder / name)
+        """fsync both arrays: the split may be published (renamed) right after."""
+        os.fsync(self.fd)
+        os.close(self.fd)
+        fsync_file(self.folder / "offsets.npy")
 
 
 class CachedSplit:
