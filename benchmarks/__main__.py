@@ -44,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-epochs", action="store_true", help="step level only")
     p.add_argument("--epochs-only", action="store_true",
                    help="measure the epoch level again, keeping the step level of the existing result file")
+    p.add_argument("--codecs-only", action="store_true",
+                   help="measure only the compressed caches' read + decode, keeping the rest of the existing "
+                        "result file")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer folder for the epoch level of random-weight (config:) models, e.g. the "
                         "offline MiniLM's (BERT uncased WordPiece); without it they are measured by step only")
@@ -76,9 +79,9 @@ def run(args: argparse.Namespace, suite: Suite | None = None) -> list[Path]:
         logger.info("%s: %d layers, cut at %d, %s on %s", spec.name, layers, cut, suite.precision, env["device"])
         path = out_dir / slug(env["device"]) / f"{slug(spec.name)}.json"
         kept = None
-        if args.epochs_only:
+        if args.epochs_only or args.codecs_only:
             if not path.is_file():
-                raise UserError(f"--epochs-only: no earlier result at {path}")
+                raise UserError(f"--{'codecs' if args.codecs_only else 'epochs'}-only: no earlier result at {path}")
             kept = json.loads(path.read_text())
         result = {
             "environment": env,
@@ -93,11 +96,18 @@ def run(args: argparse.Namespace, suite: Suite | None = None) -> list[Path]:
             # the step level's own environment when it was kept from an earlier invocation
             "step_level_environment": kept.get("step_level_environment", kept["environment"]) if kept else env,
             "epoch_level": None,
+            "codec_level": None,
         }
+        if args.codecs_only:  # everything else as measured before, with the environment it had
+            result = {**kept, "codec_level": None, "codec_level_environment": env}
         if spec.epoch and tokenizer is not None and args.data_dir and not args.skip_epochs:
             with tempfile.TemporaryDirectory(prefix="er-bench-cache-") as cache_root:
-                result["epoch_level"] = speed.epoch_level(spec, base, tokenizer, cut, suite, device, args.data_dir,
-                                                          cache_root)
+                if not args.codecs_only:
+                    result["epoch_level"] = speed.epoch_level(spec, base, tokenizer, cut, suite, device,
+                                                              args.data_dir, cache_root)
+                if suite.codecs:
+                    result["codec_level"] = speed.codec_level(spec, base, tokenizer, cut, suite, device,
+                                                              args.data_dir, cache_root)
         write_json(path, result)
         written.append(path)
         report.rebuild(out_dir)

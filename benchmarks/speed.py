@@ -348,6 +348,64 @@ def amortized(build_s: float, baseline_epoch_s: float, recycled_epoch_s: float, 
             "epochs_per_experiment": e, "break_even_epoch": break_even}
 
 
+def codec_level(spec: ModelSpec, base, tokenizer, cut: int, suite: Suite, device, data_dir, cache_root) -> dict:
+    """Read + decode of one training epoch from each compressed cache against the plain one.
+
+    The cached side's whole data path up to layer k's input, as training runs it but inline (no
+    prefetch thread, so nothing overlaps): memory-mapped rows read into padded batches, copied to
+    the device, decoded there and cast to the model's float32. One untimed pass per cache, then
+    passes alternating between caches (``suite.repeats``, median). The caches here fit in memory,
+    so rows come from the page cache after the first pass: a cache larger than memory reads
+    fewer bytes from disk the smaller its codes.
+    """
+    from recycling import runner
+    from recycling.tasks import get_task
+
+    config = epoch_config(spec, cut, suite)
+    task = get_task(config.task)
+    data = task.load(data_dir, config)
+    features = runner.load_features(task, data, tokenizer, config)
+    pad_id = tokenizer.pad_token_id or 0
+    variants = {config.cache_dtype: config}
+    for name, dim in suite.codecs:
+        variants[f"{name}{dim or ''}"] = dataclasses.replace(config, cache_codec=name, cache_codec_dim=dim)
+    caches = {label: runner.cache_of(c, features, base, tokenizer, cache_root, device) for label, c in variants.items()}
+    pin = torch.device(device).type == "cuda"
+
+    def one_pass(label: str) -> float:
+        dataset = FeatureDataset(features["train"], pad_id, caches[label].split("train"))
+        loader = make_loader(dataset, config.batch_size, True, 0, True, pin, config.length_group_batches)
+        codec = None if dataset.codec is None else dataset.codec.to(device)
+        synchronize(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for batch in loader:
+                hidden = to_device(batch, device)["hidden"]
+                (hidden if codec is None else codec(hidden)).to(torch.float32)
+        synchronize(device)
+        return time.perf_counter() - start
+
+    passes = {label: [] for label in caches}
+    for timed in [False] + [True] * suite.repeats:
+        for label in caches:
+            seconds = one_pass(label)
+            if timed:
+                passes[label].append(seconds)
+    tokens = sum(len(ids) for ids in features["train"].input_ids)
+    plain = statistics.median(passes[config.cache_dtype])
+    rows = []
+    for label, cache in caches.items():
+        seconds = statistics.median(passes[label])
+        rows.append({"codec": label, "stored_as": cache.label, "bytes": cache.nbytes(),
+                     "bytes_per_token": cache.nbytes() / sum(int(r["tokens"]) for r in cache.manifest["splits"].values()),
+                     "fit_error": (cache.manifest.get("codec") or {}).get("fit_error"),
+                     "read_decode_s": seconds, "passes": passes[label], "tokens_per_s": tokens / seconds,
+                     "speed_vs_plain": plain / seconds})
+        logger.info("%s read + decode %s: %.2fs per epoch (%.2fx of %s)", spec.name, label, seconds, plain / seconds,
+                    config.cache_dtype)
+    return {"config": dataclasses.asdict(config), "train_tokens": tokens, "codecs": rows}
+
+
 def epoch_level(spec: ModelSpec, base, tokenizer, cut: int, suite: Suite, device, data_dir, cache_root) -> dict:
     from recycling import runner
     from recycling.tasks import get_task

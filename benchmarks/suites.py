@@ -50,8 +50,11 @@ class Suite:
     precision: str = "fp32"  # fp32 | bf16 autocast (GPU)
     cache_dtype: str = "float16"
     adapter_size: int = 64
+    # Compressed caches whose read + decode per epoch is timed against the plain cache (codec, dim).
+    codecs: tuple[tuple[str, int | None], ...] = ()
 
 
+CODECS = (("int8", None), ("pca", 96), ("autoencoder", 96), ("pca", 48))
 SEQ_SCALING = ((128, 8), (256, 8), (512, 8))
 BATCH_SCALING = ((128, 16), (128, 32), (128, 64))
 GPU_GRID = ((128, 32), (256, 32), (512, 32), (256, 8), (256, 16), (256, 64))
@@ -65,14 +68,14 @@ SUITES = {
                 max_examples={"train": 24, "dev": 8, "test": 8}, max_length=64, batch_size=8,
                 eval_batch_size=8)),
         ),
-        repeats=2, warmup=1),
+        repeats=2, warmup=1, codecs=(("int8", None), ("pca", 8))),
     "cpu": Suite(
         models=(
             ModelSpec("offline:all-MiniLM-L6-v2", grid=SEQ_SCALING + BATCH_SCALING, epoch=EpochSpec()),
             ModelSpec("offline:all-mpnet-base-v2", grid=SEQ_SCALING,
                       epoch=EpochSpec(max_examples={"train": 320, "dev": 96, "test": 96})),
         ),
-        repeats=5, warmup=2),
+        repeats=5, warmup=2, codecs=CODECS),
     "gpu": Suite(
         models=(
             ModelSpec("config:all-MiniLM-L6-v2", grid=GPU_GRID, epoch=GPU_EPOCH),
@@ -82,5 +85,5 @@ SUITES = {
             ModelSpec("config:deberta-v2-xlarge", grid=GPU_GRID),
             ModelSpec("config:t5-large-encoder", grid=GPU_GRID),
         ),
-        repeats=10, warmup=3, precision="bf16", cache_dtype="bfloat16"),
+        repeats=10, warmup=3, precision="bf16", cache_dtype="bfloat16", codecs=CODECS),
 }

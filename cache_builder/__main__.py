@@ -94,8 +94,11 @@ def main(argv=None) -> int:
     if argv[:1] == ["verify"]:
         return verify(argv[1:])
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from recycling import distributed, hostmem
+
+    # Under accelerate launch the other processes log only warnings: the main one reports the build.
+    level = logging.INFO if distributed.processes().main else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from recycling.config import check_against_model
     from recycling.encoders import load_encoder
     from recycling.runner import cache_of, load_features

@@ -19,9 +19,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from recycling.distributed import SINGLE, Processes
 from recycling.heads import IGNORE
 from recycling.tasks import Features
 
@@ -124,9 +125,49 @@ class LengthGroups(Sampler):
         return full * math.ceil(group / self.batch_size) + math.ceil(rest / self.batch_size)
 
 
+class FeatureShare(Sampler):
+    """This process's part of every training batch: features ``rank, rank + world, ...`` of it, so
+    the processes together take exactly the batches one process takes (same order, same steps).
+
+    A batch with fewer features than processes (only an epoch's last, short batch can be one)
+    joins its neighbour, so that every process has a share of every step.
+    """
+
+    def __init__(self, batches, procs, features: int, batch_size: int):
+        self.batches, self.procs = batches, procs
+        self.generator = getattr(batches, "generator", None)  # for checkpoints (trainer._loader_generator)
+        self.merged = 0 < features % batch_size < procs.world and len(batches) > 1
+
+    def __iter__(self):
+        batches = list(self.batches)
+        short = next((i for i, b in enumerate(batches) if len(b) < self.procs.world), None)
+        if short is not None and len(batches) > 1:
+            neighbour = short - 1 if short > 0 else 1
+            batches[neighbour] = batches[min(short, neighbour)] + batches[max(short, neighbour)]
+            del batches[short]
+        for batch in batches:
+            yield batch[self.procs.rank::self.procs.world]
+
+    def __len__(self) -> int:
+        return len(self.batches) - self.merged
+
+
+class BatchShare(Sampler):
+    """This process's evaluation batches: batches ``rank, rank + world, ...`` (outputs are gathered)."""
+
+    def __init__(self, batches, procs):
+        self.batches, self.procs = batches, procs
+
+    def __iter__(self):
+        return iter(list(self.batches)[self.procs.rank::self.procs.world])
+
+    def __len__(self) -> int:
+        return len(range(self.procs.rank, len(self.batches), self.procs.world))
+
+
 def make_loader(dataset: FeatureDataset, batch_size: int, shuffle: bool, seed: int = 0,
                 group_by_length: bool = True, pin_memory: bool = False,
-                group_batches: int | None = 50) -> DataLoader:
+                group_batches: int | None = 50, procs: Processes = SINGLE) -> DataLoader:
     """A loader padding per batch.
 
     Shuffled loaders draw a new order every epoch from a generator seeded once per run; with
@@ -134,7 +175,9 @@ def make_loader(dataset: FeatureDataset, batch_size: int, shuffle: bool, seed: i
     ``group_batches`` batches; ``None``: transformers' ``LengthGroupedSampler``, as results before
     ``length_group_batches`` existed were computed), which cuts padding for the text and the
     cached side alike. Unshuffled (evaluation) loaders go through the features from longest to
-    shortest. ``pin_memory`` (for CUDA) makes the host-to-device copies asynchronous.
+    shortest. ``pin_memory`` (for CUDA) makes the host-to-device copies asynchronous. With several
+    processes (``procs``), each takes its :class:`FeatureShare` of every training batch, or its
+    :class:`BatchShare` of the evaluation batches.
     """
     sizes = dataset.lengths
     # Every iterator draws a base seed (for worker processes, which we never start) from the loader's
@@ -145,15 +188,20 @@ def make_loader(dataset: FeatureDataset, batch_size: int, shuffle: bool, seed: i
     if shuffle:
         generator = torch.Generator().manual_seed(seed)
         if group_by_length and group_batches is not None:
-            return DataLoader(dataset, batch_sampler=LengthGroups(sizes, batch_size, group_batches, generator),
-                              **common)
-        if group_by_length:
-            sampler = LengthGroupedSampler(batch_size, lengths=sizes, generator=generator)
+            batches = LengthGroups(sizes, batch_size, group_batches, generator)
         else:
-            sampler = RandomSampler(dataset, generator=generator)
+            sampler = (LengthGroupedSampler(batch_size, lengths=sizes, generator=generator) if group_by_length
+                       else RandomSampler(dataset, generator=generator))
+            batches = BatchSampler(sampler, batch_size, drop_last=False)
+            batches.generator = generator
+        if procs.world > 1:
+            batches = FeatureShare(batches, procs, len(dataset), batch_size)
     else:
-        sampler = sorted(range(len(sizes)), key=lambda i: -sizes[i]) if group_by_length else None
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **common)
+        order = sorted(range(len(sizes)), key=lambda i: -sizes[i]) if group_by_length else range(len(sizes))
+        batches = BatchSampler(order, batch_size, drop_last=False)
+        if procs.world > 1:
+            batches = BatchShare(batches, procs)
+    return DataLoader(dataset, batch_sampler=batches, **common)
 
 
 def to_device(batch: dict, device) -> dict:

@@ -9,6 +9,7 @@ seed, and writes ``<results>/<task>/<dataset>/<experiment>.json`` and the summar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -21,7 +22,7 @@ import torch
 
 from cache_builder import CacheInput, task_cache
 from cache_builder.build import inputs_sha256
-from recycling import cross_model, encoders, hostmem, saved, sweep
+from recycling import cross_model, distributed, encoders, hostmem, saved, sweep
 from recycling.batches import FeatureDataset, make_loader
 from recycling.config import (CACHED_MODES, IGNORED_BY, LEGACY_DEFAULTS, NOT_COMPUTATION, SOURCE_MODES,
                               ExperimentConfig, check_against_model, load_config)
@@ -59,7 +60,9 @@ def parse_args(description: str, argv=None) -> argparse.Namespace:
 
 def main(task: str, args: argparse.Namespace) -> int:
     """Run one experiment file of ``task``; bad input is one ``error:`` line and exit code 2."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Under accelerate launch the other processes log only warnings: the main one reports the job.
+    level = logging.INFO if distributed.processes().main else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     hostmem.return_freed_memory()
     return exit_code(lambda: run_experiment(task, args))
 
@@ -88,8 +91,11 @@ def cache_of(config: ExperimentConfig, features: dict[str, Features], base, toke
     logger.info("split at layer %d reproduces %s (max difference %.1e)", config.cut_layer, config.model, difference)
     cache = _task_cache(config, features, base, tokenizer, cache_root, device)
     if config.verify_cache:
-        cache.verify()
-        logger.info("cache %s verified: every checksum matches", cache.path)
+        procs = distributed.processes()
+        if procs.main:
+            cache.verify()
+            logger.info("cache %s verified: every checksum matches", cache.path)
+        procs.wait()
     return cache
 
 
@@ -122,19 +128,22 @@ def train_model(mode: str, seed: int, config: ExperimentConfig, task: Task, data
                              config.warmup_ratio, config.weight_decay, config.grad_accum_steps, config.precision,
                              config.prefetch_batches)
     pin = torch.device(device).type == "cuda"
+    procs = distributed.processes()
     train_loader = make_loader(splits["train"], config.batch_size, True, seed, config.group_by_length, pin,
-                               config.length_group_batches)
-    dev_loader = make_loader(splits["dev"], config.eval_batch_size, False, seed, config.group_by_length, pin)
+                               config.length_group_batches, procs)
+    dev_loader = make_loader(splits["dev"], config.eval_batch_size, False, seed, config.group_by_length, pin,
+                             procs=procs)
     dev_score = None
     if config.select_on == "dev_metric":
         dev_score = lambda ev: task.score(data, "dev", features["dev"], ev.outputs)[config.metric]  # noqa: E731
-    return model, train(model, train_loader, dev_loader, settings, device, dev_score, checkpoint)
+    return model, train(model, train_loader, dev_loader, settings, device, dev_score, checkpoint, procs)
 
 
 def evaluate_split(model, split: str, config: ExperimentConfig, splits: dict, device) -> Evaluation:
+    procs = distributed.processes()
     loader = make_loader(splits[split], config.eval_batch_size, False, group_by_length=config.group_by_length,
-                         pin_memory=torch.device(device).type == "cuda")
-    return evaluate(model, loader, device, config.precision, config.prefetch_batches)
+                         pin_memory=torch.device(device).type == "cuda", procs=procs)
+    return evaluate(model, loader, device, config.precision, config.prefetch_batches, procs)
 
 
 def inputs_identity(features: dict[str, Features], base) -> dict:
@@ -160,7 +169,7 @@ def run_one(mode: str, seed: int, config: ExperimentConfig, task: Task, data, ba
     """Train one model and evaluate it; ``splits`` maps train/dev/test to datasets for this mode."""
     start = time.perf_counter()
     model, history = train_model(mode, seed, config, task, data, base, splits, features, device, checkpoint)
-    if save_to is not None:
+    if save_to is not None and distributed.processes().main:
         saved.save(save_to, model, mode, config, task.describe(data), lower_sha)
     dev, test = (evaluate_split(model, s, config, splits, device) for s in ("dev", "test"))
     return {
@@ -232,9 +241,13 @@ def run_experiment(expected_task: str, args: argparse.Namespace) -> Path:
     task = get_task(config.task)
     experiment = experiment_name(args.config, config.task)
     results_dir = Path(args.results_dir)
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    procs = distributed.processes()
+    # Under a launcher each process has its own device (cuda:<local rank>, or the CPU).
+    device = procs.device if procs.world > 1 else config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # The code this process runs is the checkout as it was at the start, whatever is committed later.
     where = {"device": device_name(device), "git_sha": git_sha()}
+    if procs.world > 1:
+        where["processes"] = procs.world  # data-parallel processes of each run
 
     # 1. data, tokenized once for the cache and the text modes alike
     data = task.load(args.data_dir, config)
@@ -253,8 +266,10 @@ def run_experiment(expected_task: str, args: argparse.Namespace) -> Path:
         point_sources = sources | {key: sources["sweep"] for key in point.values}
         files.append(_run_one_experiment(args, point.config, point_sources, task, f"{experiment}@{point.name}",
                                          results_dir, device, where, data, base, tokenizer, features))
-    summary = sweep.summarize(experiment, config.sweep, grid, files, device)
     out_path = results_dir / "sweeps" / config.task / config.dataset / f"{experiment}.json"
+    if not procs.main:  # the main process wrote the points' files and writes the sweep's
+        return out_path
+    summary = sweep.summarize(experiment, config.sweep, grid, files, device)
     write_json(inside(results_dir, out_path, "the sweep file"), summary)
     for line in sweep.describe(summary):
         logger.info("%s: %s", experiment, line)
@@ -269,7 +284,8 @@ def _run_one_experiment(args, config: ExperimentConfig, sources: dict, task: Tas
     inside(results_dir, out_path, "the result file")
     lock = inside(results_dir, results_dir / LOCKS / config.task / config.dataset / f"{experiment}.lock",
                   "the lock file")
-    with locked(lock, f"experiment {experiment} ({out_path})", wait=False):
+    main = distributed.processes().main
+    with locked(lock, f"experiment {experiment} ({out_path})", wait=False) if main else contextlib.nullcontext():
         return _run_locked(args, config, sources, task, experiment, results_dir, out_path, device, where, data,
                            base, tokenizer, features)
 
@@ -314,7 +330,10 @@ def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, exper
         "runs": {mode: [] for mode in config.modes},
     }
     result["provenance"]["inputs"] = inputs
-    previous = previous_result(out_path, result["provenance"]["config"], inputs) or {"runs": {}, "cache": None}
+    # Only the main process reads (and maybe moves aside) the earlier file; the others follow it.
+    procs = distributed.processes()
+    previous = procs.share(previous_result(out_path, result["provenance"]["config"], inputs) if procs.main else None)
+    previous = previous or {"runs": {}, "cache": None}
     done = {(mode, run["seed"]): run for mode, runs in previous["runs"].items() for run in runs}
     result["cache"] = result["cache"] or previous["cache"]  # a narrower rerun may not need the cache
     if previous.get("source_cache") and not result.get("source_cache"):
@@ -336,7 +355,7 @@ def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, exper
                 logger.warning("%s is from an earlier, unfinished run; starting over (--resume continues it)",
                                checkpoint.path)
             save_to = models_dir / f"{mode}-seed{seed}" if models_dir else None
-            if save_to is not None and save_to.exists():  # the model of a run kept aside must stay with it
+            if save_to is not None and save_to.exists() and procs.main:  # the model of a run kept aside stays with it
                 aside = save_to.with_name(f"{save_to.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
                 os.replace(save_to, aside)
                 logger.warning("%s held an earlier model of this run: moved to %s", save_to, aside.name)
@@ -345,14 +364,17 @@ def _run_locked(args, config: ExperimentConfig, sources: dict, task: Task, exper
             lower_sha = read.fingerprint["lower_weights_sha256"] if read is not None else None
             result["runs"][mode].append(run_one(mode, seed, config, task, data, base, splits, features, device,
                                                 where, checkpoint, save_to, lower_sha))
-            write_json(out_path, result)
-            checkpoint.path.unlink(missing_ok=True)  # the result holds what it was kept for
-            rebuild_summary(results_dir)
+            if procs.main:
+                write_json(out_path, result)
+                checkpoint.path.unlink(missing_ok=True)  # the result holds what it was kept for
+                rebuild_summary(results_dir)
 
     for runs in result["runs"].values():
         runs.sort(key=lambda r: r["seed"])
     result["provenance"]["seeds"] = sorted({r["seed"] for runs in result["runs"].values() for r in runs})
     result["complete"] = True
+    if not procs.main:
+        return out_path
     write_json(out_path, result)
     for row in rebuild_summary(results_dir):
         if row["experiment"] == experiment and row["dataset"] == config.dataset:

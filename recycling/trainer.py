@@ -24,6 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from recycling.batches import prefetch, to_device
 from recycling.config import PRECISIONS
+from recycling.distributed import SINGLE, Processes
 from recycling.errors import UserError
 from recycling.files import atomic_path
 
@@ -77,10 +78,16 @@ class Evaluation:
     seconds: float
 
 
-def evaluate(model: nn.Module, loader, device, precision: str = "fp32", prefetch_batches: int = 2) -> Evaluation:
-    """Raw outputs and mean loss over a split; timed including the device sync."""
+def evaluate(model: nn.Module, loader, device, precision: str = "fp32", prefetch_batches: int = 2,
+             procs: Processes = SINGLE) -> Evaluation:
+    """Raw outputs and mean loss over a split; timed including the device sync.
+
+    With several processes each evaluates its share of the batches (``make_loader(procs=...)``)
+    and every process returns the outputs of all.
+    """
     model.eval()
     outputs, total, n = [None] * len(loader.dataset), 0.0, 0
+    mine = []
     synchronize(device)
     start = time.perf_counter()
     with torch.inference_mode(), autocast(device, precision):
@@ -89,8 +96,12 @@ def evaluate(model: nn.Module, loader, device, precision: str = "fp32", prefetch
             out = model(batch)
             loss_sum, count = model.loss(out, batch)
             total, n = total + loss_sum, n + count
-            for i, row in zip(batch["index"].tolist(), model.unbatch(out, batch)):
-                outputs[i] = row
+            mine.extend(zip(batch["index"].tolist(), model.unbatch(out, batch)))
+    if procs.world > 1:
+        mine = [pair for part in procs.gather(mine) for pair in part]
+        total, n = (sum(values) for values in zip(*procs.gather((float(total), float(n)))))
+    for i, row in mine:
+        outputs[i] = row
     synchronize(device)
     return Evaluation(outputs, float(total) / max(float(n), 1), time.perf_counter() - start)
 
@@ -148,14 +159,23 @@ def _load_checkpoint(checkpoint: Checkpoint) -> dict:
 
 def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, device,
           dev_score: Callable[[Evaluation], float] | None = None,
-          checkpoint: Checkpoint | None = None) -> TrainHistory:
+          checkpoint: Checkpoint | None = None, procs: Processes = SINGLE) -> TrainHistory:
     """Train the parameters that require grad; on return the model holds the best epoch's weights.
 
     The best epoch has the lowest dev loss, or the highest ``dev_score`` when one is given. With a
     ``checkpoint``, the whole state (weights, optimizer, schedule, random generators, history) is
     written atomically after every epoch, and ``checkpoint.resume`` continues a killed run from its
     last finished epoch exactly as if it had not stopped.
+
+    With several processes (``procs``; loaders from ``make_loader(procs=...)``) the model is
+    wrapped in DistributedDataParallel: each process computes its share of every batch, and each
+    step's loss is divided by the count of loss terms over all processes, so the averaged gradient
+    is the one of the whole batch. The main process alone writes the checkpoint.
     """
+    forward = model
+    if procs.world > 1:
+        where = torch.device(device)
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=None if where.type == "cpu" else [where])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(train_loader) / settings.grad_accum_steps)
@@ -194,8 +214,11 @@ def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, d
                                        disable=None)):
             batch = to_device(batch, device)
             with autocast(device, settings.precision):
-                loss_sum, count = model.loss(model(batch), batch)
-            (loss_sum / count / settings.grad_accum_steps).backward()
+                loss_sum, count = model.loss(forward(batch), batch)
+            share = count
+            if procs.world > 1:  # this process's count of the batch's loss terms, for the average over all
+                share = procs.sum(torch.as_tensor(count, dtype=torch.float32, device=device)) / procs.world
+            (loss_sum / share / settings.grad_accum_steps).backward()
             running, seen = running + loss_sum.detach(), seen + count
             if (i + 1) % settings.grad_accum_steps == 0 or i + 1 == len(train_loader):
                 optimizer.step()
@@ -204,7 +227,9 @@ def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, d
                 history.optimizer_steps += 1
         synchronize(device)
         seconds = time.perf_counter() - start
-        dev = evaluate(model, dev_loader, device, settings.precision, settings.prefetch_batches)
+        if procs.world > 1:
+            running, seen = (sum(values) for values in zip(*procs.gather((float(running), float(seen)))))
+        dev = evaluate(model, dev_loader, device, settings.precision, settings.prefetch_batches, procs)
         record = {"epoch": epoch, "train_loss": float(running) / max(float(seen), 1), "dev_loss": dev.loss,
                   "train_seconds": seconds}
         if not (math.isfinite(record["train_loss"]) and math.isfinite(dev.loss)):
@@ -223,7 +248,7 @@ def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, d
         else:
             bad_epochs += 1
             history.stopped_early = bad_epochs >= settings.patience
-        if checkpoint is not None:
+        if checkpoint is not None and procs.main:
             _save_checkpoint(checkpoint, model, optimizer, scheduler, history, best, best_state, bad_epochs,
                              generator)
         if history.stopped_early:

@@ -10,7 +10,7 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 
 
 def save_tiny_bert(folder: Path, seed: int = 0, layers: int = 4, words: tuple[str, ...] = (),
-                   hidden_size: int = 32) -> Path:
+                   hidden_size: int = 32, dropout: float = 0.1) -> Path:
     """Characters are tokens; ``words`` added to the vocabulary become single tokens (another
     tokenization of the same text)."""
     import torch
@@ -22,7 +22,8 @@ def save_tiny_bert(folder: Path, seed: int = 0, layers: int = 4, words: tuple[st
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=layers,
-                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=512)
+                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=512,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     BertModel(config).save_pretrained(folder)
     return folder
 

@@ -98,7 +98,7 @@ def test_the_whole_command_on_a_tiny_model(tmp_path, weights, precision, cache_d
     suite = Suite(models=(ModelSpec(name, grid=((16, 4), (32, 4)), epoch=EpochSpec(
         dataset="toy", max_examples={"train": 24}, max_length=64, batch_size=8, eval_batch_size=8,
         epochs_per_experiment=2)),), repeats=2, warmup=1, adapter_size=8, precision=precision,
-        cache_dtype=cache_dtype)
+        cache_dtype=cache_dtype, codecs=(("int8", None), ("pca", 8)))
     args = parse_args(["--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"),
                        "--device", "cpu", "--tokenizer", str(folder)])
     (path,) = run(args, suite)
@@ -132,10 +132,20 @@ def test_the_whole_command_on_a_tiny_model(tmp_path, weights, precision, cache_d
     required = {"model", "weights", "device", "setting", "seq_len", "batch_size", "measured_ratio", "ideal_ratio",
                 "efficiency", "baseline_s", "recycled_s", "peak_mem_baseline", "peak_mem_recycled"}
     assert required <= set(rows[0])
-    assert len(rows) == len(steps) + len(speed.PAIRS)
-    assert {r["level"] for r in rows} == {"step", "epoch"}
+    assert len(rows) == len(steps) + len(speed.PAIRS) + 2
+    assert {r["level"] for r in rows} == {"step", "epoch", "codec"}
     summary = (bench / "summary.md").read_text()
     assert summary.count(f"| {rows[0]['model']} |") == len(rows) + 3  # every row, and one per shape
+
+    # read + decode per epoch: the plain cache and each codec, timed in alternation
+    codecs = {r["codec"]: r for r in result["codec_level"]["codecs"]}
+    assert set(codecs) == {cache_dtype, "int8", "pca8"}
+    assert codecs["int8"]["stored_as"] == "int8" and codecs["pca8"]["stored_as"] == f"pca8-{cache_dtype}"
+    assert codecs["pca8"]["bytes_per_token"] < codecs["int8"]["bytes_per_token"] < codecs[cache_dtype]["bytes_per_token"]
+    for r in codecs.values():
+        assert len(r["passes"]) == 2 and r["speed_vs_plain"] == pytest.approx(
+            codecs[cache_dtype]["read_decode_s"] / r["read_decode_s"])
+    assert "read + decode: pca8 vs " in summary
     assert (bench / "ratio_vs_seq_len.png").stat().st_size > 0
 
     if weights == "pretrained":  # the epoch level again, the step level kept with its provenance
@@ -144,6 +154,11 @@ def test_the_whole_command_on_a_tiny_model(tmp_path, weights, precision, cache_d
         second = json.loads(again.read_text())
         assert second["step_level"] == steps and second["step_level_environment"] == env
         assert second["epoch_level"]["settings"] != epoch["settings"]  # measured anew
+        (again,) = run(parse_args(["--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"),
+                                   "--device", "cpu", "--codecs-only"]), suite)
+        third = json.loads(again.read_text())
+        assert third["epoch_level"] == second["epoch_level"] and third["codec_level_environment"]["git_sha"]
+        assert third["codec_level"]["codecs"] != second["codec_level"]["codecs"]  # measured anew
 
 
 def test_ratio_table_puts_each_shape_on_one_line():

@@ -107,3 +107,48 @@ def test_a_build_resumes_with_the_rows_each_process_finished(setup, monkeypatch)
     assert cache_files(build(other).path) == cache_files(reference.path)
     assert len(computed) == 8
     assert all((reference.path / "train" / a).exists() for a in ARRAYS)
+
+
+def test_data_parallel_training_takes_the_one_process_steps(tmp_path):
+    """Without dropout, two processes sharing every batch train exactly the one-process model."""
+    import json
+
+    model = save_tiny_bert(tmp_path / "model", dropout=0.0)
+    write_toy_dataset(tmp_path / "data", n_train=42)  # the last batch (2 features) has one for each process
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        f"base: {ROOT / 'HyperparameterSelection' / 'text_classification' / 'defaults.yaml'}\n"
+        f"model: {model}\ncut_layer: 2\nmax_epochs: 2\nbatch_size: 8\neval_batch_size: 4\nwarmup_steps: 0\n"
+        "max_length: 24\ndataset: toy\nmodes: [semi_frozen, full]\nhead_dropout: 0.0\n"
+        "learning_rate: {full: 1.0e-3, semi_frozen: 1.0e-3}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    results = {}
+    for name, launch in (("one", []), ("two", ["-m", "torch.distributed.run", "--nproc_per_node", "2"])):
+        script = [str(ROOT / "TextClassificationScripts" / "run_experiment.py"), str(config), "--data-dir",
+                  str(tmp_path / "data"), "--results-dir", str(tmp_path / name), "--cache-root",
+                  str(tmp_path / "caches"), "--checkpoint-dir", str(tmp_path / f"ckpt-{name}")]
+        done = subprocess.run([sys.executable, *launch, *script], env=env, capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[name] = json.loads((tmp_path / name / "text_classification" / "toy" / "exp.json").read_text())
+    for mode in ("semi_frozen", "full"):
+        one, two = results["one"]["runs"][mode][0], results["two"]["runs"][mode][0]
+        assert two["processes"] == 2 and "processes" not in one
+        assert one["history"]["optimizer_steps"] == two["history"]["optimizer_steps"] == 12
+        for a, b in zip(one["history"]["epochs"], two["history"]["epochs"]):
+            assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+            assert b["dev_loss"] == pytest.approx(a["dev_loss"], rel=1e-4)
+        assert two["test"] == pytest.approx(one["test"], rel=1e-4)
+
+
+def test_each_process_takes_its_share_of_every_batch():
+    from recycling.batches import BatchShare, FeatureShare
+
+    batches = [[0, 1, 2, 3], [4], [5, 6, 7, 8]]  # a short batch with fewer features than processes
+    shares = [list(FeatureShare(batches, Processes(rank, 2), 9, 4)) for rank in (0, 1)]
+    assert shares == [[[0, 2, 4], [5, 7]], [[1, 3], [6, 8]]]  # it joined the batch before it
+    assert len(FeatureShare(batches, Processes(0, 2), 9, 4)) == 2
+    first = [[4], [0, 1, 2, 3]]
+    assert [list(FeatureShare(first, Processes(r, 2), 5, 4)) for r in (0, 1)] == [[[4, 1, 3]], [[0, 2]]]
+    assert [list(BatchShare(batches, Processes(r, 2))) for r in (0, 1)] == [[[0, 1, 2, 3], [5, 6, 7, 8]], [[4]]]
+    assert [len(BatchShare(batches, Processes(r, 2))) for r in (0, 1)] == [2, 1]
