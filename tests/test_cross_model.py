@@ -14,6 +14,7 @@ from recycling.cross_model import AlignedSource, TokenText, align, align_feature
 from recycling.errors import UserError
 from recycling.models import UpperSettings, build_model
 from recycling.tasks import Features
+from tests import faults
 from tests.helpers import save_tiny_bert, write_toy_dataset
 from tests.test_run_experiment import ROOT
 
@@ -117,8 +118,9 @@ def test_the_consumer_starts_as_the_full_baseline_and_the_bridge_learns(tmp_path
 def test_cross_model_settings_are_checked(tmp_path, text, message):
     config = tmp_path / "c.yaml"
     config.write_text(f"dataset: toy\nmodel: m\ncut_layer: 2\n{text}")
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as err:
         load_config(config)
+    faults.record("config", f"cross_model: `{text.strip().replace(chr(10), '; ')}`", str(err.value), tmp_path)
 
 
 def test_cross_model_trains_from_the_source_cache_saves_and_predicts(tmp_path, monkeypatch):
@@ -157,9 +159,11 @@ def test_cross_model_trains_from_the_source_cache_saves_and_predicts(tmp_path, m
 
     # a source model that changed since training is refused
     save_tiny_bert(source, seed=2, layers=2, words=WORDS, hidden_size=48)
-    with pytest.raises(UserError, match="states of another"):
+    with pytest.raises(UserError, match="states of another") as err:
         predict.predict(predict.parse_args([str(model_dir), str(test_file), "--output", str(tmp_path / "p2"),
                                             "--cache-root", str(tmp_path / "caches")]))
+    faults.record("saved models", "predict with a cross_model model whose source model changed since training",
+                  str(err.value), tmp_path)
 
 
 def test_the_source_cache_is_the_source_models_final_layer(tmp_path):
