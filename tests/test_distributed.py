@@ -56,7 +56,7 @@ def test_two_processes_build_the_one_process_cache_byte_for_byte(setup):
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     # two CPU processes joined with gloo, as `accelerate launch` starts them (through torchrun)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           *build_command(model, tmp_path, tmp_path / "two")], env=env, capture_output=True,
                          text=True, timeout=300)
     assert two.returncode == 0, two.stderr
@@ -127,7 +127,8 @@ def test_data_parallel_training_takes_the_one_process_steps(tmp_path):
         "learning_rate: {full: 1.0e-3, semi_frozen: 1.0e-3}\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     results = {}
-    for name, launch in (("one", []), ("two", ["-m", "torch.distributed.run", "--nproc_per_node", "2"])):
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # a free local port
+    for name, launch in (("one", []), ("two", torchrun)):
         script = [str(ROOT / "TextClassificationScripts" / "run_experiment.py"), str(config), "--data-dir",
                   str(tmp_path / "data"), "--results-dir", str(tmp_path / name), "--cache-root",
                   str(tmp_path / "caches"), "--checkpoint-dir", str(tmp_path / f"ckpt-{name}")]
