@@ -102,7 +102,7 @@ def _mode_row(result: dict, mode: str, device: str, runs: list[dict]) -> dict:
     epoch_s, infer_s = mean_seconds(runs)
     row = {
         "task": config["task"], "dataset": config["dataset"], "model": config["model"],
-        "cut_layer": config["cut_layer"], "mode": mode, "n_seeds": len(runs), "metric": metric,
+        "cut_layer": "" if mode in SOURCE_MODES else config["cut_layer"], "mode": mode, "n_seeds": len(runs), "metric": metric,
         "test_mean": round(100 * test_mean, 2),
         "test_std": "" if test_std is None else round(100 * test_std, 2),
         "dev_mean": round(100 * dev_mean, 2), "train_epoch_s": round(epoch_s, 2),

@@ -149,6 +149,7 @@ def test_cross_model_trains_from_the_source_cache_saves_and_predicts(tmp_path, m
     rows = {r["mode"]: r for r in csv.DictReader(open(tmp_path / "results" / "summary.csv"))}
     assert rows["cross_model"]["source_model"] == str(source) and rows["cross_model"]["train_speedup"]
     assert rows["cross_model"]["cache_bytes"] and not rows["full"]["source_model"]
+    assert rows["cross_model"]["cut_layer"] == ""  # the consumer is trained whole
 
     test_file = tmp_path / "data" / "text_classification" / "toy" / "test.txt"
     model_dir = tmp_path / "models" / "text_classification" / "toy" / "exp" / "cross_model-seed0"
