@@ -23,6 +23,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from recycling.distributed import SINGLE, Processes
+from recycling.errors import UserError
 from recycling.heads import IGNORE
 from recycling.tasks import Features
 
@@ -134,6 +135,8 @@ class FeatureShare(Sampler):
     """
 
     def __init__(self, batches, procs, features: int, batch_size: int):
+        if features < procs.world:
+            raise UserError(f"{features} training features cannot be shared by {procs.world} processes")
         self.batches, self.procs = batches, procs
         self.generator = getattr(batches, "generator", None)  # for checkpoints (trainer._loader_generator)
         self.merged = 0 < features % batch_size < procs.world and len(batches) > 1

@@ -13,6 +13,7 @@ from cache_builder.build import _allocate
 from cache_builder.store import ARRAYS
 from recycling import encoders
 from recycling.distributed import Processes
+from recycling.errors import UserError
 from tests import faults
 from tests.helpers import save_tiny_bert, write_toy_dataset
 
@@ -157,3 +158,5 @@ def test_each_process_takes_its_share_of_every_batch():
     assert [list(FeatureShare(first, Processes(r, 2), 5, 4)) for r in (0, 1)] == [[[4, 1, 3]], [[0, 2]]]
     assert [list(BatchShare(batches, Processes(r, 2))) for r in (0, 1)] == [[[0, 1, 2, 3], [5, 6, 7, 8]], [[4]]]
     assert [len(BatchShare(batches, Processes(r, 2))) for r in (0, 1)] == [2, 1]
+    with pytest.raises(UserError, match="1 training features cannot be shared by 2 processes"):
+        FeatureShare([[0]], Processes(0, 2), 1, 4)
