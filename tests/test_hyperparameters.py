@@ -170,3 +170,25 @@ def test_missing_required_key_and_base_loop(tmp_path):
     (tmp_path / "c.yaml").write_text("base: b.yaml\n")
     with pytest.raises(UserError, match="loops back"):
         load_config(tmp_path / "b.yaml")
+
+
+def test_cross_model_files_carry_the_cross_model_table():
+    """cross_model_semifrozen.csv: per dataset, the source -> consumer rate and the consumer's own."""
+    folder = next((d for d in CSV_DIRS if (d / "cross_model_semifrozen.csv").is_file()), None)
+    if folder is None:
+        pytest.skip("cross_model_semifrozen.csv not found")
+    rows = list(csv.reader((folder / "cross_model_semifrozen.csv").open()))
+    assert rows[0][2:] == ["RoBERTa-Large", "MiniLM L6-H768", "BERT", "DistilBERT"]
+    assert rows[1][2:] == ["MiniLM L6-H768", "", "DistilBERT", ""]
+    files = {"ChemProt": "chemprot", "SciCite": "scicite", "SciERC-Rel": "sciie"}
+    for row in rows[2:]:
+        cross_large, alone_minilm, cross_bert, alone_distilbert = (float(v) for v in row[2:6])
+        name = files[row[0]]
+        large, _ = load_config(TC / "cross_model" / f"roberta_large_to_minilmv2_h768_{name}.yaml")
+        bert, _ = load_config(TC / "cross_model" / f"bert_base_to_distilbert_{name}.yaml")
+        assert (large.source_model, large.model) == ("roberta-large",
+                                                     "nreimers/MiniLMv2-L6-H768-distilled-from-RoBERTa-Large")
+        assert (bert.source_model, bert.model) == ("bert-base-uncased", "distilbert-base-uncased")
+        assert large.learning_rate["cross_model"] == cross_large and large.learning_rate["full"] == alone_minilm
+        assert bert.learning_rate["cross_model"] == cross_bert and bert.learning_rate["full"] == alone_distilbert
+        assert large.modes == bert.modes == ["full", "cross_model"]
