@@ -7,7 +7,10 @@
   ``full`` in it, the recycled modes' test score against their speedup over ``full`` (training epoch
   and inference), one point per cut, ``full``'s score as the reference line.
 - ``codecs.png``: the codec study (experiments ``codec__...``): test score against the cache's bytes
-  per token, one panel per dataset and model, each point labelled with its codec.
+  per token, one panel per dataset and model, each point labelled with its codec. A mode with no
+  float16 run in the study gets its float16 reference from the other result files: the runs of
+  that mode with the same training settings and seeds from the default cache (a codec file often
+  reruns the settings of ``chosen/`` with another codec).
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from recycling.config import CACHED_MODES, MODES  # noqa: E402
 from recycling.errors import exit_code  # noqa: E402
 from recycling.files import atomic_path  # noqa: E402
-from recycling.results import all_summary_rows  # noqa: E402
+from recycling.results import all_results, all_summary_rows, mode_row, run_device  # noqa: E402
 
 logger = logging.getLogger("recycling.plots")
 COLORS = {"full": "black", "semi_frozen": "tab:blue", "adapters": "tab:orange", "adapters_full": "tab:green",
           "lora": "tab:purple", "lora_full": "tab:brown"}
 CODEC_STUDY = "codec__"  # experiments of the codec study (HyperparameterSelection/<task>/codec/)
+# Config keys that do not change what a mode's run computes: which runs a file holds, how and where
+# its cache is stored or read, and the other modes' rates (a mode's own rate is compared).
+NOT_TRAINING = ("modes", "seeds", "sweep", "learning_rate", "cache_codec", "cache_codec_dim", "cache_dir",
+                "cache_batch_size", "verify_cache", "prefetch_batches")
 
 
 def gap_rows(results_dir: Path) -> list[dict]:
@@ -116,10 +123,60 @@ def plot_cut(summary: dict, out: Path) -> None:
     _save(fig, out)
 
 
+def training_settings(config: dict, mode: str) -> str:
+    """What decides the runs of ``mode`` under ``config``, apart from the seed and the cache's codec."""
+    kept = {k: v for k, v in config.items() if k not in NOT_TRAINING}
+    rate = config.get("learning_rate")
+    kept["learning_rate"] = rate.get(mode) if isinstance(rate, dict) else rate
+    return json.dumps(kept, sort_keys=True)
+
+
+def _seeds(result: dict, row: dict) -> tuple[int, ...]:
+    return tuple(sorted(r["seed"] for r in result["runs"][row["mode"]] if run_device(result, r) == row["device"]))
+
+
+def float16_reference(results: list[dict], codec_result: dict, row: dict) -> dict | None:
+    """The summary row of the float16 runs that match ``row`` (a codec run's mode, device and seeds)
+    in training settings, gathered from any result files; None unless every seed is found."""
+    mode, want = row["mode"], training_settings(codec_result["provenance"]["config"], row["mode"])
+    found: dict[int, tuple[dict, dict]] = {}
+    for result in results:
+        config = result["provenance"]["config"]
+        if config.get("cache_codec") is not None or not (result.get("cache") or {}).get("tokens"):
+            continue
+        if training_settings(config, mode) != want:
+            continue
+        for run in result["runs"].get(mode, []):
+            if run_device(result, run) == row["device"]:
+                found.setdefault(run["seed"], (result, run))
+    seeds = _seeds(codec_result, row)
+    if not all(seed in found for seed in seeds):
+        return None
+    sources = [found[seed][0] for seed in seeds]
+    reference = mode_row(sources[0], mode, row["device"], [found[seed][1] for seed in seeds])
+    reference["experiment"] = " + ".join(dict.fromkeys(r["experiment"] for r in sources))
+    return reference
+
+
 def codec_rows(results_dir: Path) -> list[dict]:
-    """The codec study's summary rows (experiments named ``codec__...``) that know their bytes per token."""
-    return [r for r in all_summary_rows(results_dir)
-            if r["experiment"].startswith(CODEC_STUDY) and r["bytes_per_token"] != ""]
+    """The codec study's summary rows (experiments named ``codec__...``) that know their bytes per
+    token, and the float16 reference of each panel's mode that has no float16 row in the study."""
+    everything = all_results(results_dir)
+    study = [(result, row) for result, rows in everything if result["experiment"].startswith(CODEC_STUDY)
+             for row in rows if row["bytes_per_token"] != ""]
+    rows = [row for _, row in study]
+    panel = lambda r: (r["dataset"], r["model"], r["cut_layer"], r["mode"], r["device"])  # noqa: E731
+    has_float16 = {panel(r) for r in rows if r["codec"] == "float16"}
+    added = set()
+    for result, row in study:
+        key = (panel(row), _seeds(result, row))
+        if panel(row) in has_float16 or key in added:
+            continue
+        reference = float16_reference([r for r, _ in everything], result, row)
+        if reference is not None:
+            added.add(key)
+            rows.append(reference)
+    return rows
 
 
 def plot_codecs(rows: list[dict], out: Path) -> None:

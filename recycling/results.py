@@ -94,7 +94,8 @@ def mean_seconds(runs: list[dict]) -> tuple[float, float]:
             mean_std([r["inference_seconds"] for r in runs])[0])
 
 
-def _mode_row(result: dict, mode: str, device: str, runs: list[dict]) -> dict:
+def mode_row(result: dict, mode: str, device: str, runs: list[dict]) -> dict:
+    """The summary row of ``runs`` of ``mode`` on ``device``, read with ``result``'s config and cache."""
     config = result["provenance"]["config"]
     metric = config["metric"]
     test_mean, test_std = mean_std([r["test"][metric] for r in runs])
@@ -128,7 +129,7 @@ def summary_rows(result: dict) -> list[dict]:
     for mode, runs in result["runs"].items():
         for run in runs:
             groups.setdefault((mode, run_device(result, run)), []).append(run)
-    rows = {key: _mode_row(result, *key, runs) for key, runs in groups.items()}
+    rows = {key: mode_row(result, *key, runs) for key, runs in groups.items()}
     for (mode, device), row in rows.items():
         baseline = rows.get((BASELINE_OF.get(mode), device))
         if baseline is not None:
@@ -174,20 +175,26 @@ def rebuild_summary(results_dir: Path) -> list[dict]:
         return _rebuild_summary(results_dir)
 
 
-def all_summary_rows(results_dir: Path) -> list[dict]:
-    """The summary rows of every result file under ``results_dir``; unreadable files are left out
+def all_results(results_dir: Path) -> list[tuple[dict, list[dict]]]:
+    """Every result file under ``results_dir`` with its summary rows; unreadable files are left out
     with a warning naming them."""
-    rows = []
+    found = []
     for task in REGISTRY:
         for path in sorted(results_dir.glob(f"{task}/*/*.json")):
             try:
-                rows.extend(summary_rows(read_result(path)))
+                result = read_result(path)
+                found.append((result, summary_rows(result)))
             except UserError as err:
                 logger.warning("left out of the summary: %s", err)
             except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
                 logger.warning("left out of the summary: %s has runs this version cannot read (%s: %s)",
                                path, type(err).__name__, err)
-    return rows
+    return found
+
+
+def all_summary_rows(results_dir: Path) -> list[dict]:
+    """The summary rows of every result file under ``results_dir`` (see ``all_results``)."""
+    return [row for _, rows in all_results(results_dir) for row in rows]
 
 
 def _rebuild_summary(results_dir: Path) -> list[dict]:

@@ -90,3 +90,41 @@ def test_the_codec_chart_takes_the_codec_study_rows_that_know_their_bytes_per_to
         ("codec__fp16", "float16", 768.0), ("codec__pca", "pca96-float16", 192.0)]
     assert tmp_path / "plots" / "codecs.png" in plots.make_all(tmp_path, tmp_path / "plots")
     assert (tmp_path / "plots" / "codecs.png").stat().st_size > 0
+
+
+def _cached_result(folder, name, runs, codec, nbytes, rate=5e-4, pooling="mean", first_seed=0):
+    """A result file with a cache record and the config keys the float16 reference is matched on;
+    each mode's runs have seeds ``first_seed``, ``first_seed + 1``, ..."""
+    _result(folder, name, runs)
+    path = folder / f"{name}.json"
+    result = json.loads(path.read_text())
+    for mode_runs in result["runs"].values():
+        for run in mode_runs:
+            run["seed"] += first_seed
+    result["provenance"]["config"].update({
+        "modes": list(runs), "seeds": list(range(3)), "learning_rate": {"full": 2e-4, "semi_frozen": rate},
+        "pooling": pooling, "cache_dtype": "float16", "cache_codec": None if codec == "float16" else codec,
+        "cache_codec_dim": None})
+    result["cache"] = {"path": "c", "build_seconds": 1.0, "bytes": nbytes, "tokens": 10, "codec": codec}
+    path.write_text(json.dumps(result))
+
+
+def test_a_codec_panel_without_float16_takes_the_float16_runs_of_the_same_settings_and_seeds(tmp_path):
+    folder = tmp_path / "text_classification" / "a"
+    _cached_result(folder, "codec__int8", {"semi_frozen": [(0.7, 0.70), (0.7, 0.72)]}, "int8", 3840)
+    # Seed 0 in one file and seed 1 in another (a grid's point and the chosen file's seeds): both taken.
+    _cached_result(folder, "grid", {"full": [(0.8, 0.8)], "semi_frozen": [(0.7, 0.74)]}, "float16", 7680)
+    _cached_result(folder, "chosen", {"semi_frozen": [(0.7, 0.78), (0.7, 0.80)]}, "float16", 7680, first_seed=1)
+    # Listed first, so they would be taken if other settings matched.
+    _cached_result(folder, "a_other_rate", {"semi_frozen": [(0.7, 0.5), (0.7, 0.5)]}, "float16", 7680, rate=1e-4)
+    _cached_result(folder, "a_other_pooling", {"semi_frozen": [(0.7, 0.5), (0.7, 0.5)]}, "float16", 7680, pooling="cls")
+    rows = plots.codec_rows(tmp_path)
+    assert [(r["experiment"], r["codec"], r["n_seeds"], r["test_mean"], r["bytes_per_token"]) for r in rows] == [
+        ("codec__int8", "int8", 2, 71.0, 384.0), ("grid + chosen", "float16", 2, 76.0, 768.0)]
+    # A seed the float16 files do not have: no reference (a mean over other seeds would mislead).
+    _cached_result(folder, "codec__int8", {"semi_frozen": [(0.7, 0.7)] * 4}, "int8", 3840)
+    assert [r["codec"] for r in plots.codec_rows(tmp_path)] == ["int8"]
+    # The study's own float16 row is the reference when it has one.
+    _cached_result(folder, "codec__fp16", {"semi_frozen": [(0.7, 0.6)] * 3}, "float16", 7680)
+    assert [(r["experiment"], r["codec"]) for r in plots.codec_rows(tmp_path)] == [
+        ("codec__fp16", "float16"), ("codec__int8", "int8")]
