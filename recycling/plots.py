@@ -126,8 +126,7 @@ def plot_cut(summary: dict, out: Path) -> None:
 def training_settings(config: dict, mode: str) -> str:
     """What decides the runs of ``mode`` under ``config``, apart from the seed and the cache's codec."""
     kept = {k: v for k, v in config.items() if k not in NOT_TRAINING}
-    rate = config.get("learning_rate")
-    kept["learning_rate"] = rate.get(mode) if isinstance(rate, dict) else rate
+    kept["learning_rate"] = (config.get("learning_rate") or {}).get(mode)
     return json.dumps(kept, sort_keys=True)
 
 
@@ -135,9 +134,9 @@ def _seeds(result: dict, row: dict) -> tuple[int, ...]:
     return tuple(sorted(r["seed"] for r in result["runs"][row["mode"]] if run_device(result, r) == row["device"]))
 
 
-def float16_reference(results: list[dict], codec_result: dict, row: dict) -> dict | None:
-    """The summary row of the float16 runs that match ``row`` (a codec run's mode, device and seeds)
-    in training settings, gathered from any result files; None unless every seed is found."""
+def float16_reference(results: list[dict], codec_result: dict, row: dict, seeds: tuple[int, ...]) -> dict | None:
+    """The summary row of the float16 runs that match ``row`` (a codec run's mode and device) in
+    training settings and ``seeds``, gathered from any result files; None unless every seed is found."""
     mode, want = row["mode"], training_settings(codec_result["provenance"]["config"], row["mode"])
     found: dict[int, tuple[dict, dict]] = {}
     for result in results:
@@ -149,7 +148,6 @@ def float16_reference(results: list[dict], codec_result: dict, row: dict) -> dic
         for run in result["runs"].get(mode, []):
             if run_device(result, run) == row["device"]:
                 found.setdefault(run["seed"], (result, run))
-    seeds = _seeds(codec_result, row)
     if not all(seed in found for seed in seeds):
         return None
     sources = [found[seed][0] for seed in seeds]
@@ -169,12 +167,12 @@ def codec_rows(results_dir: Path) -> list[dict]:
     has_float16 = {panel(r) for r in rows if r["codec"] == "float16"}
     added = set()
     for result, row in study:
-        key = (panel(row), _seeds(result, row))
-        if panel(row) in has_float16 or key in added:
+        seeds = _seeds(result, row)
+        if panel(row) in has_float16 or (panel(row), seeds) in added:
             continue
-        reference = float16_reference([r for r, _ in everything], result, row)
+        reference = float16_reference([r for r, _ in everything], result, row, seeds)
         if reference is not None:
-            added.add(key)
+            added.add((panel(row), seeds))
             rows.append(reference)
     return rows
 
