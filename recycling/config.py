@@ -93,6 +93,9 @@ class ExperimentConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100  # optimizer steps; ignored when warmup_ratio is set
     warmup_ratio: typing.Optional[float] = None  # fraction of all optimizer steps spent warming up
+    # Clip the trained parameters' gradient norm to this before each step (transformers' Trainer
+    # clips at 1.0); unset: no clipping, as every result before this key was trained.
+    max_grad_norm: typing.Optional[float] = None
     max_epochs: int = 10
     patience: int = 3  # epochs without a better dev score before stopping
     select_on: str = "dev_loss"  # dev_loss | dev_metric: which dev score picks the epoch kept
@@ -173,6 +176,8 @@ class ExperimentConfig:
             raise bad("select_on", f"must be one of {', '.join(SELECT_ON)}, got '{self.select_on}'")
         if self.warmup_ratio is not None and not (math.isfinite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
             raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise bad("max_grad_norm", f"must be above 0, got {self.max_grad_norm}")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.length_group_batches is not None and self.length_group_batches < 1:
@@ -328,7 +333,7 @@ def _checked(key: str, value, source: str):
 # Keys a sweep may vary: none of them changes the data or its tokenization, so one tokenized copy
 # serves every point (a cut layer or cache dtype gets its own cache).
 SWEEPABLE = ("learning_rate", "adapter_size", "lora_rank", "lora_alpha", "cut_layer", "pooling", "warmup_ratio",
-             "warmup_steps", "select_on", "max_epochs", "patience", "weight_decay", "head_dropout", "batch_size",
+             "warmup_steps", "max_grad_norm", "select_on", "max_epochs", "patience", "weight_decay", "head_dropout", "batch_size",
              "grad_accum_steps", "cache_dtype", "cache_codec", "cache_codec_dim", "length_group_batches")
 
 

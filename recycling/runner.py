@@ -126,7 +126,7 @@ def train_model(mode: str, seed: int, config: ExperimentConfig, task: Task, data
         model.compile(dynamic=True)  # in place: parameter names, and so saved models, are unchanged
     settings = TrainSettings(config.learning_rate[mode], config.max_epochs, config.patience, config.warmup_steps,
                              config.warmup_ratio, config.weight_decay, config.grad_accum_steps, config.precision,
-                             config.prefetch_batches)
+                             config.prefetch_batches, config.max_grad_norm)
     pin = torch.device(device).type == "cuda"
     procs = distributed.processes()
     train_loader = make_loader(splits["train"], config.batch_size, True, seed, config.group_by_length, pin,

@@ -55,6 +55,7 @@ class TrainSettings:
     grad_accum_steps: int = 1
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     prefetch_batches: int = 2  # batches prepared ahead in a background thread (0: none)
+    max_grad_norm: float | None = None  # clip the gradient norm to this before each step (None: no clipping)
 
     def warmup(self, total_steps: int) -> int:
         if self.warmup_ratio is None:
@@ -207,6 +208,7 @@ def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, d
         model.train()
         optimizer.zero_grad(set_to_none=True)
         running, seen = 0.0, 0  # device tensors once the first step adds to them
+        norms = []  # gradient norms before clipping, kept on the device (no sync per step)
         synchronize(device)
         start = time.perf_counter()
         batches = prefetch(train_loader, settings.prefetch_batches)
@@ -221,6 +223,9 @@ def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, d
             (loss_sum / share / settings.grad_accum_steps).backward()
             running, seen = running + loss_sum.detach(), seen + count
             if (i + 1) % settings.grad_accum_steps == 0 or i + 1 == len(train_loader):
+                if settings.max_grad_norm is not None:
+                    # Under DDP the gradients are already averaged, so every process clips alike.
+                    norms.append(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -232,6 +237,8 @@ def train(model: nn.Module, train_loader, dev_loader, settings: TrainSettings, d
         dev = evaluate(model, dev_loader, device, settings.precision, settings.prefetch_batches, procs)
         record = {"epoch": epoch, "train_loss": float(running) / max(float(seen), 1), "dev_loss": dev.loss,
                   "train_seconds": seconds}
+        if norms:  # far above the bound: clipping changed the run; below it: clipping never acted
+            record["max_grad_norm_before_clip"] = float(torch.stack(norms).max())
         if not (math.isfinite(record["train_loss"]) and math.isfinite(dev.loss)):
             raise UserError(f"training diverged in epoch {epoch} (train loss {record['train_loss']}, dev loss "
                             f"{dev.loss}); nothing of this run is kept: lower the learning rate or weight decay")

@@ -29,6 +29,7 @@ BAD_SETTINGS = [
     ("lora_alpha=-8", "lora_alpha", "a negative LoRA alpha"),
     ("warmup_steps=-5", "warmup_steps", "negative warm-up steps"),
     ("warmup_ratio=1.5", "warmup_ratio", "warm-up ratio 1.5"),
+    ("max_grad_norm=0", "max_grad_norm", "a gradient-norm bound of 0"),
     ("device=gpu7", "device", "a device torch does not know"),
     ("device=cuda:3", "device", "a CUDA device on a machine without one"),
     ("dataset=../../etc", "dataset", "a dataset name that is a path"),

@@ -360,3 +360,26 @@ def test_iterating_a_loader_leaves_the_random_stream_of_dropout_alone():
             list(loader)
         iter(loader)
         assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("bound", [None, 0.01])
+def test_max_grad_norm_clips_what_the_optimizer_sees(monkeypatch, bound):
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    torch.manual_seed(0)
+    settings = TrainSettings(0.1, max_epochs=2, patience=5, warmup_steps=0, max_grad_norm=bound)
+    history = train(Recorder(), make_loader(_data(), 4, True), make_loader(_data(4, 1), 4, False), settings, "cpu")
+    assert len(seen) == 2 * 4 and max(seen) > 0
+    if bound is None:
+        assert max(seen) > 0.01  # the bound below would bite on this data
+        assert all("max_grad_norm_before_clip" not in e for e in history.epochs)
+    else:
+        assert max(seen) <= bound * (1 + 1e-4)
+        assert all(e["max_grad_norm_before_clip"] > bound for e in history.epochs)
