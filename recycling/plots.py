@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
 
 import matplotlib
@@ -180,8 +181,13 @@ def codec_rows(results_dir: Path) -> list[dict]:
 def plot_codecs(rows: list[dict], out: Path) -> None:
     """Storage against accuracy: test score over bytes per token, one panel per dataset and model."""
     panels = list(dict.fromkeys((r["dataset"], r["model"], r["cut_layer"]) for r in rows))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    # Two panels per row: one row of four or more panels is too wide to read in the README.
+    columns = min(len(panels), 2)
+    rows_of_panels = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows_of_panels, columns, figsize=(5.5 * columns, 4 * rows_of_panels), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
         mine = [r for r in rows if (r["dataset"], r["model"], r["cut_layer"]) == panel]
         for mode in [m for m in MODES if any(r["mode"] == m for r in mine)]:
             line = sorted((r for r in mine if r["mode"] == mode), key=lambda r: r["bytes_per_token"])
