@@ -333,8 +333,8 @@ def _checked(key: str, value, source: str):
 # Keys a sweep may vary: none of them changes the data or its tokenization, so one tokenized copy
 # serves every point (a cut layer or cache dtype gets its own cache).
 SWEEPABLE = ("learning_rate", "adapter_size", "lora_rank", "lora_alpha", "cut_layer", "pooling", "warmup_ratio",
-             "warmup_steps", "max_grad_norm", "select_on", "max_epochs", "patience", "weight_decay", "head_dropout", "batch_size",
-             "grad_accum_steps", "cache_dtype", "cache_codec", "cache_codec_dim", "length_group_batches")
+             "warmup_steps", "max_grad_norm", "select_on", "max_epochs", "patience", "weight_decay", "head_dropout",
+             "batch_size", "grad_accum_steps", "cache_dtype", "cache_codec", "cache_codec_dim", "length_group_batches")
 
 
 def _checked_sweep(sweep: dict, source: str) -> dict[str, list]:
