@@ -126,7 +126,9 @@ def plot_cut(summary: dict, out: Path) -> None:
 
 def training_settings(config: dict, mode: str) -> str:
     """What decides the runs of ``mode`` under ``config``, apart from the seed and the cache's codec."""
-    kept = {k: v for k, v in config.items() if k not in NOT_TRAINING}
+    # A key set to None means "off" (e.g. max_grad_norm); result files written before such a key
+    # existed lack it, and their runs trained the same way, so None and missing compare equal.
+    kept = {k: v for k, v in config.items() if k not in NOT_TRAINING and v is not None}
     kept["learning_rate"] = (config.get("learning_rate") or {}).get(mode)
     return json.dumps(kept, sort_keys=True)
 
