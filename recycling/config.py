@@ -485,3 +485,9 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> tuple[Experiment
     sources = {k: src for k, (_, src) in resolved.items()}
     config.validate(sources)
     return config, sources
+
+
+def recorded_defaults() -> dict:
+    """What a key missing from an older result file's config means: the field's default, or
+    ``LEGACY_DEFAULTS`` where the default changed since."""
+    return {k: f.default for k, f in FIELDS.items() if f.default is not dataclasses.MISSING} | LEGACY_DEFAULTS

@@ -26,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from recycling.config import CACHED_MODES, MODES  # noqa: E402
+from recycling.config import CACHED_MODES, MODES, recorded_defaults  # noqa: E402
 from recycling.errors import exit_code  # noqa: E402
 from recycling.files import atomic_path  # noqa: E402
 from recycling.results import all_results, all_summary_rows, mode_row, run_device  # noqa: E402
@@ -126,9 +126,8 @@ def plot_cut(summary: dict, out: Path) -> None:
 
 def training_settings(config: dict, mode: str) -> str:
     """What decides the runs of ``mode`` under ``config``, apart from the seed and the cache's codec."""
-    # A key set to None means "off" (e.g. max_grad_norm); result files written before such a key
-    # existed lack it, and their runs trained the same way, so None and missing compare equal.
-    kept = {k: v for k, v in config.items() if k not in NOT_TRAINING and v is not None}
+    # Result files written before a key existed lack it (e.g. max_grad_norm); their runs used its default.
+    kept = {k: v for k, v in (recorded_defaults() | config).items() if k not in NOT_TRAINING}
     kept["learning_rate"] = (config.get("learning_rate") or {}).get(mode)
     return json.dumps(kept, sort_keys=True)
 

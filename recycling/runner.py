@@ -24,8 +24,8 @@ from cache_builder import CacheInput, task_cache
 from cache_builder.build import inputs_sha256
 from recycling import cross_model, distributed, encoders, hostmem, saved, sweep
 from recycling.batches import FeatureDataset, make_loader
-from recycling.config import (CACHED_MODES, IGNORED_BY, LEGACY_DEFAULTS, NOT_COMPUTATION, SOURCE_MODES,
-                              ExperimentConfig, check_against_model, load_config)
+from recycling.config import (CACHED_MODES, IGNORED_BY, NOT_COMPUTATION, SOURCE_MODES, ExperimentConfig,
+                              check_against_model, load_config, recorded_defaults)
 from recycling.encoders import load_encoder
 from recycling.errors import UserError, exit_code
 from recycling.files import inside, locked, writable_dir, write_json
@@ -189,8 +189,7 @@ def computation_differs(old: dict, new: dict, modes) -> list[str]:
     mean their default (or, for a key whose default changed, the value the code used before the
     key existed). A key no mode of ``modes`` reads (``IGNORED_BY``), or the rate of another mode,
     does not count: adding ``lora`` runs does not invalidate ``full`` runs."""
-    defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)
-                if f.default is not dataclasses.MISSING} | LEGACY_DEFAULTS
+    defaults = recorded_defaults()
     differ = []
     for key, value in new.items():
         if key in NOT_COMPUTATION or all(key in IGNORED_BY[m] for m in modes):

@@ -130,8 +130,8 @@ def test_a_codec_panel_without_float16_takes_the_float16_runs_of_the_same_settin
         ("codec__fp16", "float16"), ("codec__int8", "int8")]
 
 
-def test_training_settings_treat_a_none_key_as_missing():
-    # A result file from before max_grad_norm existed trained without clipping, like one with None.
+def test_training_settings_read_a_missing_key_as_its_default():
+    # A result file from before max_grad_norm existed trained without clipping: its default, None.
     old = {"model": "m", "learning_rate": {"semi_frozen": 5e-4}, "max_epochs": 3}
     new = dict(old, max_grad_norm=None, cache_codec="int8", seeds=[1, 2])
     assert plots.training_settings(old, "semi_frozen") == plots.training_settings(new, "semi_frozen")
