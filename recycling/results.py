@@ -131,11 +131,18 @@ def summary_rows(result: dict) -> list[dict]:
             groups.setdefault((mode, run_device(result, run)), []).append(run)
     rows = {key: mode_row(result, *key, runs) for key, runs in groups.items()}
     for (mode, device), row in rows.items():
-        baseline = rows.get((BASELINE_OF.get(mode), device))
-        if baseline is not None:
-            # Both sides ran in this experiment's seed loop on one machine, with the same data and batch size.
-            row["train_speedup"] = round(baseline["train_epoch_s"] / row["train_epoch_s"], 2)
-            row["infer_speedup"] = round(baseline["infer_s"] / row["infer_s"], 2)
+        baseline_runs = groups.get((BASELINE_OF.get(mode), device))
+        if baseline_runs is None:
+            continue
+        # Only the seeds both sides ran: those ran in one seed loop on one machine, with the same data
+        # and batch size. A seed added later for one side alone (--set "modes=[lora]") may have run
+        # in another session, when the machine was faster or slower.
+        seeds = {r["seed"] for r in groups[mode, device]} & {r["seed"] for r in baseline_runs}
+        if seeds:
+            epoch_s, infer_s = mean_seconds([r for r in groups[mode, device] if r["seed"] in seeds])
+            base_epoch_s, base_infer_s = mean_seconds([r for r in baseline_runs if r["seed"] in seeds])
+            row["train_speedup"] = round(base_epoch_s / epoch_s, 2)
+            row["infer_speedup"] = round(base_infer_s / infer_s, 2)
     return list(rows.values())
 
 

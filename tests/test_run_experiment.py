@@ -173,6 +173,34 @@ def test_summary_pairs_speedups_only_within_one_device(setup):
     assert rows["semi_frozen", "other machine"]["train_speedup"] == ""
 
 
+def test_summary_speedups_pair_only_the_seeds_both_modes_ran(setup):
+    tmp_path, config = setup
+    assert run(tmp_path, config, "--set", "modes=[full,semi_frozen]", "--set", "seeds=[0]").returncode == 0
+    assert run(tmp_path, config, "--set", "modes=[semi_frozen]", "--set", "seeds=[1]").returncode == 0
+    out = tmp_path / "results/text_classification/toy/exp__toy_tiny.json"
+    result = json.loads(out.read_text())
+    # Seed 1 alone, as if a later session had run on a machine ten times faster.
+    seed1 = result["runs"]["semi_frozen"][1]
+    assert seed1["seed"] == 1
+    for epoch in seed1["history"]["epochs"]:
+        epoch["train_seconds"] /= 10
+    seed1["inference_seconds"] /= 10
+    out.write_text(json.dumps(result))
+    from recycling.results import mean_seconds, rebuild_summary
+
+    rows = {r["mode"]: r for r in rebuild_summary(tmp_path / "results")}
+    assert rows["semi_frozen"]["n_seeds"] == 2
+    full_s, full_infer = mean_seconds(result["runs"]["full"])
+    seed0_s, seed0_infer = mean_seconds(result["runs"]["semi_frozen"][:1])
+    assert rows["semi_frozen"]["train_speedup"] == round(full_s / seed0_s, 2)
+    assert rows["semi_frozen"]["infer_speedup"] == round(full_infer / seed0_infer, 2)
+    # Without a seed in common there is no speedup to report.
+    result["runs"]["semi_frozen"] = [seed1]
+    out.write_text(json.dumps(result))
+    rows = {r["mode"]: r for r in rebuild_summary(tmp_path / "results")}
+    assert rows["semi_frozen"]["train_speedup"] == "" and rows["semi_frozen"]["infer_speedup"] == ""
+
+
 def test_a_new_text_field_gets_a_new_cache_not_stale_labels(setup):
     tmp_path, config = setup
     folder = tmp_path / "data" / "text_classification" / "toy"
