@@ -33,7 +33,7 @@ from recycling.results import all_results, all_summary_rows, mode_row, run_devic
 
 logger = logging.getLogger("recycling.plots")
 COLORS = {"full": "black", "semi_frozen": "tab:blue", "adapters": "tab:orange", "adapters_full": "tab:green",
-          "lora": "tab:purple", "lora_full": "tab:brown"}
+          "lora": "tab:purple", "lora_full": "tab:brown", "cross_model": "tab:red"}
 CODEC_STUDY = "codec__"  # experiments of the codec study (HyperparameterSelection/<task>/codec/)
 # Config keys that do not change what a mode's run computes: which runs a file holds, how and where
 # its cache is stored or read, and the other modes' rates (a mode's own rate is compared).

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from recycling import plots
+from recycling import config, plots
 
 
 def _result(folder, name, runs, device="cpu (test)"):
@@ -45,6 +45,11 @@ def test_the_command_writes_the_gap_chart_and_one_chart_per_sweep(tmp_path):
     assert written == ["gap_to_full.png", "sweep__text_classification__a__grid.png"]
     for name in written:
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_mode_has_a_colour():
+    # A sweep over a mode without one stopped the command (cross_model's rate grid did).
+    assert set(plots.COLORS) == set(config.MODES)
 
 
 def _cut_sweep() -> dict:
