@@ -137,9 +137,10 @@ def summary_rows(result: dict) -> list[dict]:
         # Only the seeds both sides ran: those ran in one seed loop on one machine, with the same data
         # and batch size. A seed added later for one side alone (--set "modes=[lora]") may have run
         # in another session, when the machine was faster or slower.
-        seeds = {r["seed"] for r in groups[mode, device]} & {r["seed"] for r in baseline_runs}
+        mine = groups[mode, device]
+        seeds = {r["seed"] for r in mine} & {r["seed"] for r in baseline_runs}
         if seeds:
-            epoch_s, infer_s = mean_seconds([r for r in groups[mode, device] if r["seed"] in seeds])
+            epoch_s, infer_s = mean_seconds([r for r in mine if r["seed"] in seeds])
             base_epoch_s, base_infer_s = mean_seconds([r for r in baseline_runs if r["seed"] in seeds])
             row["train_speedup"] = round(base_epoch_s / epoch_s, 2)
             row["infer_speedup"] = round(base_infer_s / infer_s, 2)

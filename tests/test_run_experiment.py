@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from recycling.results import mean_seconds, rebuild_summary
 from tests.helpers import save_tiny_bert, write_jsonl, write_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,8 +165,6 @@ def test_summary_pairs_speedups_only_within_one_device(setup):
     result = json.loads(out.read_text())
     result["runs"]["semi_frozen"][1]["device"] = "other machine"
     out.write_text(json.dumps(result))
-    from recycling.results import rebuild_summary
-
     rows = {(r["mode"], r["device"]): r for r in rebuild_summary(tmp_path / "results")}
     cpu = result["runs"]["full"][0]["device"]
     assert set(rows) == {("full", cpu), ("semi_frozen", cpu), ("semi_frozen", "other machine")}
@@ -186,8 +185,6 @@ def test_summary_speedups_pair_only_the_seeds_both_modes_ran(setup):
         epoch["train_seconds"] /= 10
     seed1["inference_seconds"] /= 10
     out.write_text(json.dumps(result))
-    from recycling.results import mean_seconds, rebuild_summary
-
     rows = {r["mode"]: r for r in rebuild_summary(tmp_path / "results")}
     assert rows["semi_frozen"]["n_seeds"] == 2
     full_s, full_infer = mean_seconds(result["runs"]["full"])
